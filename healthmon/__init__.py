@@ -1,0 +1,1 @@
+"""healthmon: composition root, settings and the command line."""
