@@ -36,6 +36,9 @@ class Settings(BaseSettings):
         default=None, description="subscribe as $share/{group}/... so several workers split load"
     )
     mqtt_keepalive_s: int = 30
+    mqtt_session_expiry_s: int = Field(
+        default=7 * 24 * 3600, description="how long the broker keeps our session while we're away"
+    )
     mqtt_receive_maximum: int = Field(
         default=1000, description="in-flight QoS 1 window we ask the broker for (MQTT 5)"
     )

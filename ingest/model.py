@@ -99,6 +99,7 @@ class ParsedMessage:
     events: list[Event] = field(default_factory=list)
     status: StatusUpdate | None = None
     rejections: list[Rejection] = field(default_factory=list)
+    register: DeviceInfo | None = None  # an unknown device of an auto-registering domain
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,9 +108,7 @@ async def _create_partition(
         # attaching would fail otherwise ("updated partition constraint for default
         # partition would be violated").
         await conn.execute(
-            sql.SQL("CREATE TABLE IF NOT EXISTS {} (LIKE readings INCLUDING DEFAULTS)").format(
-                name
-            )
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} (LIKE readings INCLUDING DEFAULTS)").format(name)
         )
         await conn.execute(
             sql.SQL(

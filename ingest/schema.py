@@ -60,7 +60,9 @@ def split_statements(text: str) -> list[str]:
 
 async def detect_backend(conn: psycopg.AsyncConnection[object], want: str = "auto") -> Backend:
     """The backend recorded at the first migration, else TimescaleDB when it can be enabled."""
-    await conn.execute("CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL)")
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL)"
+    )
     cur = await conn.execute("SELECT value FROM meta WHERE key = 'backend'")
     row = await cur.fetchone()
     if row is not None:
@@ -128,7 +130,7 @@ async def migrate(
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATE_LOCK,))
     if chosen == "postgres":
-        from ingest.partitions import ensure_partitions  # noqa: PLC0415 - avoids a cycle
+        from ingest.partitions import ensure_partitions
 
         await ensure_partitions(dsn, retention_days=retention_days)
     return chosen

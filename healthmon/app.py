@@ -1,0 +1,153 @@
+"""The composition root: builds the intake, the alert engine, the notifier and the API
+from one Settings object, runs them in one TaskGroup, and stops them on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+import psycopg
+
+from healthmon.settings import Settings
+from ingest import SchemaError, check_schema
+from ingest.backoff import Backoff
+from ingest.mqtt import BrokerError, MqttIntake
+from ingest.partitions import ensure_partitions
+from ingest.payloads import Limits
+from ingest.pipeline import BatchPolicy, Ingest
+from ingest.ratelimit import RateLimiter
+from ingest.writer import AlertHook, Writer
+
+logger = logging.getLogger(__name__)
+PARTITION_CHECK_S = 3600.0
+
+
+def build_ingest(settings: Settings, *, alert_hook: AlertHook | None = None) -> Ingest:
+    """The intake pipeline, configured from the settings (not yet opened)."""
+    target = settings.mqtt_target()
+    intake = MqttIntake(
+        host=target.host,
+        port=target.port,
+        client_id=settings.mqtt_client_id,
+        username=target.username,
+        password=target.password.get_secret_value() if target.password else None,
+        tls=target.tls,
+        share_group=settings.mqtt_share_group,
+        queue_max=settings.queue_max_messages,
+        keepalive_s=settings.mqtt_keepalive_s,
+        receive_maximum=settings.mqtt_receive_maximum,
+        session_expiry_s=settings.mqtt_session_expiry_s,
+    )
+    writer = Writer(
+        dsn=settings.dsn(),
+        method=settings.write_method,
+        alert_hook=alert_hook,
+        rejected_payload_max_bytes=settings.rejected_payload_max_bytes,
+    )
+    limits = Limits(
+        max_payload_bytes=settings.max_payload_bytes,
+        max_batch_samples=settings.max_batch_samples,
+        max_future_skew_s=settings.max_future_skew_s,
+        retention_days=settings.retention_days,
+        auto_register_domains=frozenset(settings.auto_register_domains),
+    )
+    return Ingest(
+        intake=intake,
+        writer=writer,
+        dsn=settings.dsn(),
+        limits=limits,
+        policy=BatchPolicy(
+            batch_max_rows=settings.batch_max_rows, flush_interval_s=settings.flush_interval_s
+        ),
+        rate_limiter=RateLimiter(
+            rate_per_s=settings.device_rate_limit_per_s, burst=settings.device_rate_burst
+        ),
+        backoff=Backoff(),
+    )
+
+
+async def _check_database(dsn: str) -> str:
+    async with await psycopg.AsyncConnection.connect(dsn, connect_timeout=10) as conn:
+        return await check_schema(conn)
+
+
+async def _partition_loop(settings: Settings) -> None:
+    """Plain PostgreSQL only: keep partitions ahead of time and drop expired ones."""
+    backoff, attempt = Backoff(base_s=5, cap_s=300), 0
+    while True:
+        try:
+            await ensure_partitions(
+                settings.dsn(),
+                retention_days=settings.retention_days,
+                width_days=settings.partition_days,
+                ahead=settings.partitions_ahead,
+            )
+            attempt = 0
+            await asyncio.sleep(PARTITION_CHECK_S)
+        except psycopg.OperationalError as exc:
+            logger.warning("partition upkeep failed: %s", exc)
+            await asyncio.sleep(backoff.delay(attempt))
+            attempt += 1
+
+
+async def serve(
+    settings: Settings,
+    *,
+    api: bool = True,
+    ingest: bool = True,
+    extra: list[Callable[[], Awaitable[None]]] | None = None,
+) -> None:
+    """Run the chosen components until cancelled. Fails fast on misconfiguration."""
+    backend = await _check_database(settings.dsn())
+    logger.info("database ok (backend: %s)", backend)
+    async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as tg:
+        metrics_sources: list[Callable[[], str]] = []
+        if ingest:
+            pipeline = await stack.enter_async_context(build_ingest(settings))
+            metrics_sources.append(pipeline.metrics)
+            tg.create_task(pipeline.run(), name="ingest.pipeline")
+            if backend == "postgres":
+                tg.create_task(_partition_loop(settings), name="ingest.partitions")
+        if api:
+            import uvicorn
+
+            from api import create_app
+
+            app = create_app(settings, metrics_sources=metrics_sources)
+            config = uvicorn.Config(
+                app, host=settings.api_host, port=settings.api_port, log_level="info", lifespan="on"
+            )
+            server = uvicorn.Server(config)
+            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+            tg.create_task(server.serve(), name="api.server")
+        for job in extra or []:
+            tg.create_task(job(), name=getattr(job, "__name__", "extra"))
+
+
+def run_service(settings: Settings, *, api: bool, ingest: bool) -> int:
+    """Entry point for `healthmon serve | ingest | api`: runs until SIGTERM/SIGINT."""
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve(settings, api=api, ingest=ingest)
+        logger.info("stopped cleanly")
+
+    try:
+        asyncio.run(main())
+    except (ValueError, SchemaError, BrokerError) as exc:
+        print(f"healthmon: {exc}", file=sys.stderr)
+        return 2
+    except psycopg.OperationalError as exc:
+        print(f"healthmon: cannot reach the database: {exc}", file=sys.stderr)
+        return 2
+    return 0
