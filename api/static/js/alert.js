@@ -3,7 +3,7 @@ import {
   canAck, openAckDialog, severityBadge, stateBadge, thresholdText, valueText,
 } from "./board.js";
 import { metricLabel, metricUnit } from "./catalogue.js";
-import { chooseBucket, drawChart, fetchSeries } from "./chart.js";
+import { chooseBucket, drawChart, fetchSeries, limitLines } from "./chart.js";
 import { clear, h } from "./dom.js";
 import { fmtTime, t, tOr } from "./i18n.js";
 
@@ -135,16 +135,18 @@ export class AlertDetail {
     const bucket = chooseBucket((endMs - startMs) / 1000);
     box.replaceChildren(h("p", { class: "muted" }, t("loading")));
     try {
-      const series = await fetchSeries({
+      const { data, limits } = await fetchSeries({
         deviceId: a.device_id, metric: a.metric, startMs, endMs, bucket,
         agg: a.threshold !== null && isLowLimit(a) ? "min" : "max",
       });
       if (!box.isConnected) return;
       const bandEnd = a.resolved_at ? Date.parse(a.resolved_at) : endMs;
-      drawChart(box, series, {
+      // The alert's own threshold is the limit drawn; the rule band is added when the
+      // alert has none (e.g. a rate-of-change rule).
+      drawChart(box, data, {
         label: metricLabel(a.metric),
         unit: metricUnit(a.metric),
-        threshold: a.threshold,
+        limits: limitLines(a.threshold, a.threshold === null ? limits : null),
         band: [Date.parse(a.started_at) / 1000, bandEnd / 1000],
         xRange: [startMs / 1000, endMs / 1000],
       });

@@ -32,8 +32,9 @@ function pointValue(r, agg) {
 }
 
 /**
- * A metric's history as [xs (epoch s), ys], all pages, with nulls where the data has
- * gaps. `bucket` null means raw readings.
+ * A metric's history: {data: [xs (epoch s), ys], limits}, all pages, with nulls where the
+ * data has gaps; `limits` ({low, high}) are the device's rule limits if the API gives them.
+ * `bucket` null means raw readings.
  */
 export async function fetchSeries({ deviceId, metric, startMs, endMs, bucket, agg = "avg" }) {
   const query = {
@@ -45,8 +46,10 @@ export async function fetchSeries({ deviceId, metric, startMs, endMs, bucket, ag
   if (bucket) Object.assign(query, { bucket, agg });
   const rows = [];
   let cursor = null;
+  let limits = null;
   for (let page = 0; page < 10; page++) {
     const data = await get("/readings", cursor ? { ...query, cursor } : query);
+    if (page === 0 && data && data.limits) limits = data.limits;
     rows.push(...items(data));
     cursor = nextCursor(data);
     if (!cursor || rows.length >= 20000) break;
@@ -55,7 +58,21 @@ export async function fetchSeries({ deviceId, metric, startMs, endMs, bucket, ag
     .map((r) => [pointTime(r), pointValue(r, agg)])
     .filter(([x]) => x !== null)
     .sort((a, b) => a[0] - b[0]);
-  return withGaps(pts, bucket ? BUCKET_S[bucket] : null);
+  return { data: withGaps(pts, bucket ? BUCKET_S[bucket] : null), limits };
+}
+
+/** Limit lines for drawChart from an alert threshold and/or the API's {low, high}. */
+export function limitLines(threshold, limits) {
+  const lines = [];
+  const add = (v) => {
+    if (v !== null && v !== undefined && !lines.some((x) => x === Number(v))) lines.push(Number(v));
+  };
+  add(threshold);
+  if (limits) {
+    add(limits.high);
+    add(limits.low);
+  }
+  return lines;
 }
 
 /** Insert a null between two points further apart than a gap, so the line breaks there. */
@@ -91,7 +108,7 @@ function fmtAxisTime(locale) {
 
 /**
  * Draw a chart into `el`. Returns the uPlot instance (or null when there is no data).
- * opts: {label, unit, threshold, band: [startS, endS], xRange: [minS, maxS], height}
+ * opts: {label, unit, limits: [number], band: [startS, endS], xRange: [minS, maxS], height}
  */
 export function drawChart(el, [xs, ys], opts = {}) {
   el.replaceChildren();
@@ -116,16 +133,15 @@ export function drawChart(el, [xs, ys], opts = {}) {
     },
   ];
   const data = [xs, ys];
-  const hasLimit = opts.threshold !== null && opts.threshold !== undefined;
-  if (hasLimit) {
+  for (const limit of opts.limits ?? []) {
     series.push({
-      label: `${t("detail.limit")} ${opts.threshold}${unit}`,
+      label: `${t("detail.limit")} ${limit}${unit}`,
       stroke: "#d1242f",
       width: 1.5,
       dash: [6, 4],
       points: { show: false },
     });
-    data.push(xs.map(() => Number(opts.threshold)));
+    data.push(xs.map(() => limit));
   }
   const band = opts.band;
   const plugins = band ? [episodeBand(band)] : [];
@@ -140,7 +156,7 @@ export function drawChart(el, [xs, ys], opts = {}) {
         x: { time: true, ...(opts.xRange ? { range: () => opts.xRange } : {}) },
       },
       axes: [
-        { values: fmtAxisTime(locale), stroke: "#57606a", grid: { stroke: "#eaeef2" } },
+        { values: fmtAxisTime(locale), space: 80, stroke: "#57606a", grid: { stroke: "#eaeef2" } },
         { stroke: "#57606a", grid: { stroke: "#eaeef2" }, size: 56 },
       ],
       cursor: { drag: { x: true, y: false } },

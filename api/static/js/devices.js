@@ -5,7 +5,7 @@ import { severityBadge, stateBadge } from "./board.js";
 import {
   DOMAINS, DOMAIN_METRICS, isBinaryMetric, metricLabel, metricUnit, sortMetrics,
 } from "./catalogue.js";
-import { chooseBucket, drawChart, fetchSeries } from "./chart.js";
+import { chooseBucket, drawChart, fetchSeries, limitLines } from "./chart.js";
 import { clear, h } from "./dom.js";
 import { fmtAge, fmtNum, fmtTime, t, tOr } from "./i18n.js";
 
@@ -344,11 +344,11 @@ export class DevicePage {
       const alert = alerts.find((a) => a.metric === m && a.threshold !== null);
       box.append(h("p", { class: "muted" }, t("loading")));
       fetchSeries({ deviceId: d.device_id, metric: m, startMs, endMs, bucket, agg: this.agg })
-        .then((series) => {
+        .then(({ data, limits }) => {
           if (!box.isConnected) return;
-          drawChart(box, series, {
+          drawChart(box, data, {
             label: metricLabel(m), unit: metricUnit(m),
-            threshold: alert ? alert.threshold : null,
+            limits: limitLines(alert ? alert.threshold : null, limits),
             band: alert ? [Date.parse(alert.started_at) / 1000, endMs / 1000] : null,
             xRange: [startMs / 1000, endMs / 1000], height: 220,
           });
