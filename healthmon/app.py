@@ -105,18 +105,20 @@ async def serve(
     """Run the chosen components until cancelled. Fails fast on misconfiguration."""
     backend = await _check_database(settings.dsn())
     logger.info("database ok (backend: %s)", backend)
-    async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as tg:
+    async with contextlib.AsyncExitStack() as stack:
+        # Everything is opened before any task starts: a start-up failure is reported
+        # as itself, not as an exception group.
         metrics_sources: list[Callable[[], str]] = []
+        jobs: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if ingest:
             pipeline = await stack.enter_async_context(build_ingest(settings))
             metrics_sources.append(pipeline.metrics)
-            tg.create_task(pipeline.run(), name="ingest.pipeline")
+            jobs.append(("ingest.pipeline", pipeline.run))
             if backend == "postgres":
-                tg.create_task(_partition_loop(settings), name="ingest.partitions")
+                jobs.append(("ingest.partitions", lambda: _partition_loop(settings)))
         if api:
-            import uvicorn
-
-            from api import create_app
+            from api import create_app  # noqa: PLC0415 - only when serving the API
+            import uvicorn  # noqa: PLC0415
 
             app = create_app(settings, metrics_sources=metrics_sources)
             config = uvicorn.Config(
@@ -124,9 +126,12 @@ async def serve(
             )
             server = uvicorn.Server(config)
             server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-            tg.create_task(server.serve(), name="api.server")
+            jobs.append(("api.server", server.serve))
         for job in extra or []:
-            tg.create_task(job(), name=getattr(job, "__name__", "extra"))
+            jobs.append((getattr(job, "__name__", "extra"), job))
+        async with asyncio.TaskGroup() as tg:
+            for name, job in jobs:
+                tg.create_task(job(), name=name)
 
 
 def run_service(settings: Settings, *, api: bool, ingest: bool) -> int:
