@@ -17,7 +17,7 @@ from healthmon.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-Sub = argparse._SubParsersAction[argparse.ArgumentParser]  # noqa: SLF001 - argparse's own type
+Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def register(subparsers: Sub) -> None:
@@ -125,9 +125,9 @@ def _users_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_api(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn  # noqa: PLC0415 - only this command needs the server
+    import uvicorn
 
-    from api.app import create_app  # noqa: PLC0415
+    from api.app import create_app
 
     app = create_app(settings)
     uvicorn.run(

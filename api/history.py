@@ -194,11 +194,7 @@ def _point(
 ) -> dict[str, Any]:
     samples = int(r["samples"] or 0)
     count = int(r["count"] or 0)
-    value: float | int | None
-    if agg == "count":
-        value = count
-    else:
-        value = r[agg] if count else None
+    value: float | int | None = count if agg == "count" else r[agg] if count else None
     n_in: int | None = None
     in_s: float | None = None
     if limits is not None and count:

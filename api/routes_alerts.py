@@ -39,13 +39,20 @@ _CONTRACT_FIELDS = tuple(Alert.model_fields)
 
 
 def _alerts_api(name: str) -> Callable[..., Any] | None:
-    """A public function of the alerts package, when that package provides it."""
-    try:
-        module = import_module("alerts")
-    except ModuleNotFoundError:
-        return None
-    fn = getattr(module, name, None)
-    return fn if callable(fn) else None
+    """A public function of the alerts package, when that package provides it.
+
+    Looked up at call time: the alert engine is built alongside this package. Until
+    `alerts` exports `parse_rule`, it is taken from `alerts.rules` (the rule model's home).
+    """
+    for module_name in ("alerts", "alerts.rules"):
+        try:
+            module = import_module(module_name)
+        except ModuleNotFoundError:
+            continue
+        fn = getattr(module, name, None)
+        if callable(fn):
+            return fn
+    return None
 
 
 def alert_dict(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -81,11 +81,24 @@ async def metrics(request: Request) -> PlainTextResponse:
                 f'healthmon_alerts{{state="{_label(r["state"])}",'
                 f'severity="{_label(r["severity"])}"}} {r["n"]}'
             )
-        lines.append("# HELP healthmon_notification_failures_total Failed notification steps.")
-        lines.append("# TYPE healthmon_notification_failures_total counter")
+        lines.append(
+            "# HELP healthmon_notification_attempts_failed_total Failed delivery attempts."
+        )
+        lines.append("# TYPE healthmon_notification_attempts_failed_total counter")
         for r in failures:
+            channel = _label(r["channel"])
             lines.append(
-                f'healthmon_notification_failures_total{{channel="{_label(r["channel"])}"}} {r["n"]}'
+                f'healthmon_notification_attempts_failed_total{{channel="{channel}"}} '
+                f"{r['attempts']}"
+            )
+        lines.append(
+            "# HELP healthmon_notifications_failed_total Notifications that finally failed."
+        )
+        lines.append("# TYPE healthmon_notifications_failed_total counter")
+        for r in failures:
+            channel = _label(r["channel"])
+            lines.append(
+                f'healthmon_notifications_failed_total{{channel="{channel}"}} {r["failed"]}'
             )
         up = 1
     except (psycopg.Error, PoolTimeout) as exc:

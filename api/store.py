@@ -375,17 +375,6 @@ async def delete_rule(conn: Conn, rule_id: str) -> bool:
     return False
 
 
-async def rules_for_domain(conn: Conn, domain: str, region: str | None) -> list[Row]:
-    """Enabled rules that can apply to a device of `domain` in `region` (for limits)."""
-    return await _all(
-        conn,
-        "SELECT rule_id, body FROM rules WHERE enabled"
-        " AND (region IS NULL OR region = %(region)s)"
-        " AND (body->>'domain' IS NULL OR body->>'domain' = %(domain)s) ORDER BY rule_id",
-        {"domain": domain, "region": region},
-    )
-
-
 # --- silences -----------------------------------------------------------------------------
 
 
@@ -464,10 +453,14 @@ async def alert_counts(conn: Conn) -> list[Row]:
 
 
 async def notification_failures(conn: Conn) -> list[Row]:
-    """Failed notification steps in the outbox timeline, by channel (kind `notify_failed`)."""
+    """Failed delivery attempts and finally failed notifications, by channel
+    (the notifier's ledger, migration 0015)."""
     return await _all(
         conn,
-        "SELECT coalesce(data->>'channel', '') AS channel, count(*) AS n FROM alert_events"
-        " WHERE kind IN ('notify_failed', 'notification_failed') GROUP BY 1 ORDER BY 1",
+        "SELECT coalesce(n.channel_id, '') AS channel,"
+        " count(*) AS attempts,"
+        " count(DISTINCT n.id) FILTER (WHERE n.state = 'failed') AS failed"
+        " FROM notification_attempts a JOIN notifications n ON n.id = a.notification_id"
+        " WHERE NOT a.ok GROUP BY 1 ORDER BY 1",
         {},
     )

@@ -22,8 +22,8 @@ from api import create_app
 from api.auth import hash_password, new_api_key
 from healthmon.settings import Settings
 
-SESSION_SECRET = "test-session-secret"  # noqa: S105 - a test value
-USER_PASSWORD = "correct horse battery"  # noqa: S105
+SESSION_SECRET = "test-session-secret"
+USER_PASSWORD = "correct horse battery"
 
 
 @dataclass
