@@ -39,7 +39,7 @@ export function outOfLimit(v, openAlerts) {
     const hi = limits.high ?? limits.max;
     if ((hi !== undefined && hi !== null && v.value > hi) ||
         (lo !== undefined && lo !== null && v.value < lo)) {
-      return { out: true, limit: v.value > hi ? hi : lo };
+      return { out: true, limit: hi !== undefined && hi !== null && v.value > hi ? hi : lo };
     }
   }
   const alert = openAlerts.find((a) => a.metric === v.metric && a.threshold !== null &&
@@ -190,7 +190,7 @@ export class DeviceList {
       h("td", {}, d.region ?? d.site?.region ?? ""),
       h("td", {}, onlineBadge(online)),
       h("td", { title: fmtTime(lastSeen, { seconds: true }) }, lastSeen ? fmtAge(lastSeen) : "—"),
-      h("td", { class: "chips" }, values.map((v) => valueChip(v, alerts))),
+      h("td", {}, h("div", { class: "chips" }, values.map((v) => valueChip(v, alerts)))),
     );
   }
 }
@@ -262,6 +262,20 @@ export class DevicePage {
     return sortMetrics(this.device.domain, names);
   }
 
+  /** Mark the last value of `metric` against the rule limits the readings API returned. */
+  markByLimits(metric, limits) {
+    if (!limits || !this.el) return;
+    const v = this.latest.values.find((x) => x.metric === metric);
+    const chip = this.el.querySelector(`#device-values .chip[data-metric="${metric}"]`);
+    if (!v || !chip || chip.dataset.out === "1" || v.value === null || v.value === undefined) return;
+    const { out, limit } = outOfLimit({ ...v, limits }, []);
+    if (!out) return;
+    chip.classList.add("out");
+    chip.dataset.out = "1";
+    chip.title += ` · ${t("out_of_limit")} (${limit})`;
+    chip.append(h("span", { class: "chip-flag" }, ` ▲ ${t("out_of_limit")}`));
+  }
+
   render() {
     if (!this.el || !this.device) return;
     const d = this.device;
@@ -324,7 +338,9 @@ export class DevicePage {
         h("dt", {}, t("col.last_seen")),
         h("dd", {}, fmtTime(d.last_seen ?? this.latest.last_seen, { seconds: true })),
         h("dt", {}, t("col.last_values")),
-        h("dd", { class: "chips" }, this.latest.values.map((v) => valueChip(v, alerts)))),
+        h("dd", { class: "chips", id: "device-values" }, sortMetrics(d.domain,
+          this.latest.values.map((v) => v.metric))
+          .map((m) => valueChip(this.latest.values.find((v) => v.metric === m), alerts)))),
       alerts.length
         ? h("section", {}, h("h3", {}, t("device.open_alerts")),
           h("ul", { class: "alert-links" }, alerts.map((a) => h("li", {},
@@ -346,6 +362,7 @@ export class DevicePage {
       fetchSeries({ deviceId: d.device_id, metric: m, startMs, endMs, bucket, agg: this.agg })
         .then(({ data, limits }) => {
           if (!box.isConnected) return;
+          this.markByLimits(m, limits);
           drawChart(box, data, {
             label: metricLabel(m), unit: metricUnit(m),
             limits: limitLines(alert ? alert.threshold : null, limits),

@@ -34,7 +34,8 @@ export function clear(el) {
 /** Toast message at the bottom of the page. */
 export function toast(message, kind = "info") {
   const box = document.getElementById("toasts");
-  const el = h("div", { class: `toast toast-${kind}`, role: "status" }, message);
+  const el = h("div", { class: `toast toast-${kind}`, role: "status", onclick: () => el.remove() },
+    message);
   box.append(el);
   setTimeout(() => el.remove(), 6000);
 }
