@@ -1,5 +1,5 @@
 // The live alert board: open alerts, filtered and sorted, acknowledged with a note.
-import { post } from "./api.js";
+import { getAll, post } from "./api.js";
 import { DOMAINS, SEVERITIES, metricLabel, metricUnit } from "./catalogue.js";
 import { clear, h, toast } from "./dom.js";
 import { fmtAge, fmtNum, fmtTime, t, tOr } from "./i18n.js";
@@ -46,6 +46,14 @@ export class Board {
     this.filters = loadFilters();
     this.el = null;
     this.fresh = new Set(); // ids that arrived live, highlighted once
+    this.siteRegions = [];
+    getAll("/sites", {}).then(
+      (sites) => {
+        this.siteRegions = sites.map((x) => x.region).filter(Boolean);
+        this.render();
+      },
+      () => {},
+    );
   }
 
   mount(root) {
@@ -62,7 +70,7 @@ export class Board {
   }
 
   regions() {
-    const set = new Set(this.session.regions || []);
+    const set = new Set([...(this.session.regions || []), ...this.siteRegions]);
     for (const a of this.store.open.values()) if (a.region) set.add(a.region);
     return [...set].sort();
   }

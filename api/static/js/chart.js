@@ -110,7 +110,8 @@ function fmtAxisTime(locale) {
  * Draw a chart into `el`. Returns the uPlot instance (or null when there is no data).
  * opts: {label, unit, limits: [number], band: [startS, endS], xRange: [minS, maxS], height}
  */
-export function drawChart(el, [xs, ys], opts = {}) {
+export function drawChart(el, series0, opts = {}) {
+  let [xs, ys] = series0;
   el.replaceChildren();
   if (!xs.length) {
     const empty = document.createElement("div");
@@ -132,6 +133,14 @@ export function drawChart(el, [xs, ys], opts = {}) {
       value: (u, v) => (v === null || v === undefined ? "—" : `${v.toFixed(2)}${unit}`),
     },
   ];
+  // The chosen range is kept by padding the data with empty ends (a fixed scale range
+  // would disable drag-to-zoom).
+  if (opts.xRange) {
+    xs = [...xs];
+    ys = [...ys];
+    if (opts.xRange[0] < xs[0]) { xs.unshift(opts.xRange[0]); ys.unshift(null); }
+    if (opts.xRange[1] > xs[xs.length - 1]) { xs.push(opts.xRange[1]); ys.push(null); }
+  }
   const data = [xs, ys];
   for (const limit of opts.limits ?? []) {
     series.push({
@@ -153,7 +162,7 @@ export function drawChart(el, [xs, ys], opts = {}) {
       series,
       plugins,
       scales: {
-        x: { time: true, ...(opts.xRange ? { range: () => opts.xRange } : {}) },
+        x: { time: true },
       },
       axes: [
         { values: fmtAxisTime(locale), space: 80, stroke: "#57606a", grid: { stroke: "#eaeef2" } },
