@@ -191,6 +191,10 @@ class Alert(BaseModel):
     detected_at: datetime | None = None
     ack_note: str | None = None
     standard: str | None = None
+    retrospective: bool | None = None
+    subject: str | None = None
+    resolved_by: str | None = None
+    suppressed_by: str | None = None
 
 
 class AlertEvent(BaseModel):

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
-from importlib import import_module
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import StreamingResponse
+from psycopg.rows import dict_row, tuple_row
 
+import alerts
 from api import store
 from api.auth import Operator, Principal, Viewer
 from api.models import (
@@ -38,32 +40,19 @@ _SSE_BATCH = 500
 _CONTRACT_FIELDS = tuple(Alert.model_fields)
 
 
-def _alerts_api(name: str) -> Callable[..., Any] | None:
-    """A public function of the alerts package, when that package provides it.
-
-    Looked up at call time: the alert engine is built alongside this package. Until
-    `alerts` exports `parse_rule`, it is taken from `alerts.rules` (the rule model's home).
-    """
-    for module_name in ("alerts", "alerts.rules"):
-        try:
-            module = import_module(module_name)
-        except ModuleNotFoundError:
-            continue
-        fn = getattr(module, name, None)
-        if callable(fn):
-            return fn
-    return None
-
-
 def alert_dict(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The contract's alert object (plus our extra fields) from an `alerts` row."""
-    to_contract = _alerts_api("alert_to_contract_dict")
-    base: dict[str, Any] = dict(to_contract(row)) if to_contract else {}
-    for field in _CONTRACT_FIELDS:
-        if field not in base and field in row:
-            base[field] = row[field]
-    base["id"] = str(base.get("id", row["id"]))
-    return base
+    """The contract's alert object (plus the engine's extra fields) from an `alerts` row."""
+    return alerts.alert_to_contract_dict(row)
+
+
+@contextlib.asynccontextmanager
+async def _tuple_rows(conn: Any) -> AsyncIterator[Any]:
+    """The alert engine's functions read rows as tuples; our pool hands out dict rows."""
+    conn.row_factory = tuple_row
+    try:
+        yield conn
+    finally:
+        conn.row_factory = dict_row
 
 
 @router.get("/alerts", response_model=Page[Alert])
@@ -211,16 +200,41 @@ async def acknowledge(
                 raise not_found("alert", alert_id)
             if row["state"] != "firing":
                 raise ApiError(409, f"the alert is {row['state']}, not firing", kind="conflict")
-            engine_ack = _alerts_api("acknowledge")
-            if engine_ack is not None:
-                done = await engine_ack(conn, row["id"], principal.name, body.note, now)
-                ok = done is not False
-            else:
-                ok = await store.acknowledge_fallback(
-                    conn, alert_id, principal.name, body.note, now
-                )
-            if not ok:
+            async with _tuple_rows(conn):
+                ok = await alerts.acknowledge(conn, row["id"], principal.name, body.note, now)
+            if ok is False:
                 raise ApiError(409, "the alert changed state meanwhile", kind="conflict")
+        row = await store.get_alert(conn, alert_id, regions)
+        events = await store.alert_timeline(conn, alert_id)
+    assert row is not None
+    return AlertDetail(**alert_dict(row), timeline=[AlertEvent(**e) for e in events])
+
+
+@router.post("/alerts/{alert_id}/resolve", response_model=AlertDetail)
+async def resolve(
+    alert_id: AlertIdPath, body: AckRequest, request: Request, principal: Operator
+) -> AlertDetail:
+    """Resolve an open alert by hand, with a note, where its rule allows it
+    (`manual_resolve`, e.g. medical-waste weight mismatches). An extension: docs/api.md."""
+    state = request.app.state
+    now = state.clock()
+    regions = principal.region_filter()
+    async with state.pool.connection() as conn:
+        async with conn.transaction():
+            row = await store.get_alert(conn, alert_id, regions)
+            if row is None:
+                raise not_found("alert", alert_id)
+            try:
+                async with _tuple_rows(conn):
+                    ok = await alerts.resolve_manually(
+                        conn, row["id"], principal.name, body.note, now
+                    )
+            except alerts.ManualResolveNotAllowed as exc:
+                raise ApiError(
+                    409, "this alert's rule does not allow resolving by hand", kind="conflict"
+                ) from exc
+            if ok is False:
+                raise ApiError(409, "the alert is already resolved", kind="conflict")
         row = await store.get_alert(conn, alert_id, regions)
         events = await store.alert_timeline(conn, alert_id)
     assert row is not None

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import ValidationError
 
+import alerts
 from api import store
 from api.auth import Admin, Operator, Principal, Viewer, check_region
 from api.models import (
@@ -22,7 +23,6 @@ from api.models import (
 )
 from api.pagination import decode_cursor, encode_cursor
 from api.problems import PROBLEM_RESPONSES, ApiError, InvalidParam, invalid, not_found
-from api.routes_alerts import _alerts_api
 
 router = APIRouter(prefix="/api/v1", responses=PROBLEM_RESPONSES)
 
@@ -47,26 +47,22 @@ def _validated_body(
     scope_region = scope.get("region") if isinstance(scope, dict) else None
     if region is not None and scope_region is not None and region != scope_region:
         raise invalid("body.region", "differs from body.scope.region")
-    parse = _alerts_api("parse_rule")
-    if parse is not None:
-        try:
-            model = parse(body)
-        except ValidationError as exc:
-            params = [
-                InvalidParam(
-                    name="body.body." + ".".join(str(p) for p in err["loc"]), reason=err["msg"]
-                )
-                for err in exc.errors()
-            ]
-            raise ApiError(
-                422,
-                "the rule body is invalid: " + "; ".join(f"{p.name}: {p.reason}" for p in params),
-                kind="validation",
-                invalid_params=params,
-            ) from exc
-        body = model.model_dump(mode="json", exclude_defaults=False)
-    elif not isinstance(body.get("kind"), str):
-        raise invalid("body.body.kind", "a rule body needs a kind")
+    try:
+        model = alerts.parse_rule(body)
+    except ValidationError as exc:
+        params = [
+            InvalidParam(
+                name="body.body." + ".".join(str(p) for p in err["loc"]), reason=err["msg"]
+            )
+            for err in exc.errors()
+        ]
+        raise ApiError(
+            422,
+            "the rule body is invalid: " + "; ".join(f"{p.name}: {p.reason}" for p in params),
+            kind="validation",
+            invalid_params=params,
+        ) from exc
+    body = model.model_dump(mode="json", exclude_defaults=False)
     return body, region if region is not None else scope_region
 
 

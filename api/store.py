@@ -271,27 +271,6 @@ async def alert_timeline(conn: Conn, alert_id: str) -> list[Row]:
     )
 
 
-async def acknowledge_fallback(
-    conn: Conn, alert_id: str, by: str, note: str, now: datetime
-) -> bool:
-    """Acknowledge in SQL; used only when the alerts package provides no `acknowledge`."""
-    cur = await conn.execute(
-        "UPDATE alerts SET state = 'acknowledged', acknowledged_at = %(now)s,"
-        " acknowledged_by = %(by)s, ack_note = %(note)s, updated_at = %(now)s"
-        " WHERE id = %(id)s AND state = 'firing'",
-        {"id": alert_id, "by": by, "note": note, "now": now},
-    )
-    if cur.rowcount != 1:
-        return False
-    await conn.execute(
-        "INSERT INTO alert_events (alert_id, at, kind, state, actor, note)"
-        " VALUES (%s, %s, 'acknowledged', 'acknowledged', %s, %s)",
-        (alert_id, now, by, note),
-    )
-    await conn.execute("NOTIFY healthmon_alert_events")
-    return True
-
-
 async def alert_events_after(
     conn: Conn, after_id: int, regions: list[str] | None, limit: int
 ) -> list[Row]:

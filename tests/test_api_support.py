@@ -112,15 +112,22 @@ async def seed_site_device(
 
 
 async def seed_alert(
-    dsn: str, device_id: str, site_id: str, region: str, *, state: str = "firing"
+    dsn: str,
+    device_id: str,
+    site_id: str,
+    region: str,
+    *,
+    state: str = "firing",
+    rule_id: str = "coldchain.heat",
 ) -> str:
     async with await db(dsn) as conn:
         cur = await conn.execute(
             "INSERT INTO alerts (rule_id, subject, device_id, site_id, region, domain, metric,"
             " severity, state, started_at, detected_at, value, threshold, message)"
-            " VALUES ('coldchain.heat', %s, %s, %s, %s, 'coldchain', 'temp_c', 'critical',"
+            " VALUES (%s, %s, %s, %s, %s, 'coldchain', 'temp_c', 'critical',"
             " %s, %s, %s, 9.4, 8.0, 'too warm') RETURNING id",
             (
+                rule_id,
                 f"device:{device_id}",
                 device_id,
                 site_id,
