@@ -192,6 +192,21 @@ class Scene:
             conn.execute("NOTIFY healthmon_alert_events")
         return alert_id
 
+    def resolve_alert(self, alert_id: str) -> None:
+        """What the alert engine does when the condition clears."""
+        with psycopg.connect(self.dsn) as conn:
+            conn.execute(
+                "UPDATE alerts SET state = 'resolved', resolved_at = now(), updated_at = now()"
+                " WHERE id = %s",
+                (alert_id,),
+            )
+            conn.execute(
+                "INSERT INTO alert_events (alert_id, at, kind, state, data)"
+                " VALUES (%s, now(), 'resolved', 'resolved', '{}'::jsonb)",
+                (alert_id,),
+            )
+            conn.execute("NOTIFY healthmon_alert_events")
+
     def alert_row(self, alert_id: str) -> dict[str, Any]:
         with psycopg.connect(self.dsn) as conn:
             cur = conn.execute(
@@ -417,6 +432,17 @@ def test_officer_sees_live_alert_acknowledges_it_and_opens_the_charts(
     assert page.inner_text("#logout") == "Sign out"
     s.shot("09-device-english", full_page=True)
     page.click("#lang-switch")
+    page.wait_for_selector("#logout:has-text('退出')")
+
+    # The fridge cools down: the alert resolves, live on its page and on the board.
+    page.goto(f"/#/alerts/{alert_id}")
+    page.wait_for_selector("#detail-state .state-acknowledged")
+    scene.resolve_alert(alert_id)
+    page.wait_for_selector("#detail-state .state-resolved", timeout=LIVE_TIMEOUT_MS)
+    page.wait_for_selector("#alert-timeline tbody tr[data-kind=resolved]")
+    s.shot("10-alert-resolved", full_page=True)
+    page.click("a.back")
+    page.wait_for_selector("#board-empty")
 
     assert s.errors == []
 
@@ -433,7 +459,7 @@ def test_viewer_sees_alerts_but_cannot_acknowledge(
     s.page.click(f"{row} td.message")
     s.page.wait_for_selector("#alert-timeline")
     assert s.page.query_selector("#detail-ack") is None
-    s.shot("10-viewer-detail")
+    s.shot("11-viewer-detail")
 
     # Signing out ends the session: the console returns to the sign-in form.
     s.page.click("#logout")

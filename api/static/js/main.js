@@ -48,7 +48,10 @@ function startSession(session) {
     renderAlertCount();
   });
   store.addEventListener("alert", (ev) => {
-    const { alert, isNewCritical } = ev.detail;
+    const { alert, prev, isNewCritical } = ev.detail;
+    if (alert.state === "resolved" && prev) {
+      toast(`${tOr("state.resolved", "resolved")}: ${alert.device_id ?? ""} ${alert.message || ""}`, "ok");
+    }
     if (!app.store.open.has(alert.id)) return;
     app.board.markFresh(alert.id);
     if (isNewCritical) raiseAlarm(alert);
@@ -111,6 +114,8 @@ function renderAlertCount() {
   const el = $("#nav-alert-count");
   el.textContent = n ? String(n) : "";
   el.hidden = !n;
+  // The count in the tab title too, for a console left in a background tab.
+  document.title = n ? `(${n}) ${t("app.title")}` : t("app.title");
 }
 
 /** #/alerts, #/alerts/<id>, #/devices, #/devices/<id> */
