@@ -268,7 +268,7 @@ class AlertEngine:
                 saves.append((rule.rule_id, subject, out.state, out.due))
             if out.actions:
                 results.append((rule, subject, ctx, out.actions))
-            if isinstance(rule, NoDataRule) and out.due is not None and out.due <= now:
+            if isinstance(rule, NoDataRule) and out.state.get("lwt") is not None:
                 offline_due.append((rule.rule_id, subject))  # a Last Will: offline at once
         await store.save_states(conn, saves, now)
         back_sites: set[str] = set()
