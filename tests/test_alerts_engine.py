@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -422,8 +423,8 @@ async def test_engine_seeds_defaults_and_reloads_rules_on_notify(
         ids = {r.rule_id for r in eng.rules}
         assert {"coldchain.heat", "device.offline", "waste.storage_overdue"} <= ids
         rid = "test." + uid("rule").replace("-", "_")
-        body = ('{"kind": "threshold", "rule_id": "%s", "metric": "temp_c", "op": "above",'
-                ' "high": 30, "standard": "test"}') % rid  # fmt: skip
+        body = json.dumps({"kind": "threshold", "rule_id": rid, "metric": "temp_c",
+                           "op": "above", "high": 30, "standard": "test"})  # fmt: skip
         async with pg_conn.transaction():
             await pg_conn.execute(
                 "INSERT INTO rules (rule_id, body) VALUES (%s, %s::jsonb)", (rid, body)
