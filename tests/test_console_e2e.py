@@ -59,28 +59,55 @@ LIVE_TIMEOUT_MS = 15_000
 # --- fixtures -----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def console_url(pg_dsn: str) -> Iterator[str]:
-    """The real app (API + console) served by uvicorn on a free port."""
-    settings = Settings(database_url=pg_dsn, session_secret="console-e2e-secret")
-    app = create_app(settings, sse_poll_s=2.0, sse_heartbeat_s=5.0)
+class AppServer:
+    """The real app (API + console) under uvicorn in a thread; stoppable and restartable
+    on the same port, as after a deploy or a crash."""
+
+    def __init__(self, dsn: str, port: int) -> None:
+        self.dsn = dsn
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        settings = Settings(database_url=self.dsn, session_secret="console-e2e-secret")
+        app = create_app(settings, sse_poll_s=2.0, sse_heartbeat_s=5.0)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=1
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name="console-e2e-uvicorn", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                pytest.fail("the app did not start under uvicorn")
+            time.sleep(0.05)
+        self._server, self._thread = server, thread
+
+    def stop(self) -> None:
+        if self._server is None or self._thread is None:
+            return
+        self._server.should_exit = True
+        self._thread.join(15)
+        assert not self._thread.is_alive(), "uvicorn did not stop"
+        self._server = self._thread = None
+
+
+def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="console-e2e-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the app did not start under uvicorn")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(15)
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def console_url(pg_dsn: str) -> Iterator[str]:
+    """The app shared by the tests that do not stop it."""
+    server = AppServer(pg_dsn, _free_port())
+    server.start()
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -308,12 +335,12 @@ class Session:
 @pytest.fixture
 def session_factory(
     browser: Browser, console_url: str, request: pytest.FixtureRequest
-) -> Iterator[Callable[[str], Session]]:
+) -> Iterator[Callable[..., Session]]:
     sessions: list[Session] = []
     failed_before = request.session.testsfailed
 
-    def make(prefix: str) -> Session:
-        s = Session(browser, console_url, prefix)
+    def make(prefix: str, base_url: str | None = None) -> Session:
+        s = Session(browser, base_url or console_url, prefix)
         sessions.append(s)
         return s
 
@@ -330,7 +357,7 @@ def session_factory(
 
 
 def test_officer_sees_live_alert_acknowledges_it_and_opens_the_charts(
-    scene: Scene, session_factory: Callable[[str], Session]
+    scene: Scene, session_factory: Callable[..., Session]
 ) -> None:
     s = session_factory("operator")
     page = s.page
@@ -448,7 +475,7 @@ def test_officer_sees_live_alert_acknowledges_it_and_opens_the_charts(
 
 
 def test_viewer_sees_alerts_but_cannot_acknowledge(
-    scene: Scene, session_factory: Callable[[str], Session]
+    scene: Scene, session_factory: Callable[..., Session]
 ) -> None:
     alert_id = scene.raise_alert()
     s = session_factory("viewer")
@@ -467,3 +494,32 @@ def test_viewer_sees_alerts_but_cannot_acknowledge(
     s.page.reload()
     s.page.wait_for_selector("#login-form")
     assert s.errors == []
+
+
+def test_alert_raised_while_the_server_was_down_appears_after_it_returns(
+    pg_dsn: str, scene: Scene, session_factory: Callable[..., Session]
+) -> None:
+    server = AppServer(pg_dsn, _free_port())
+    server.start()
+    try:
+        s = session_factory("restart", server.url)
+        s.login(scene.operator)
+        s.page.wait_for_selector("#board-empty")
+
+        server.stop()
+        s.page.wait_for_selector("#stream-state[data-state=down]", timeout=LIVE_TIMEOUT_MS)
+        s.page.wait_for_selector("#board-stale")
+        alert_id = scene.raise_alert()
+        s.shot("12-server-down")
+        server.start()
+
+        # The browser reconnects by itself (with Last-Event-ID) and the board catches up.
+        s.page.wait_for_selector("#stream-state[data-state=live]", timeout=LIVE_TIMEOUT_MS)
+        s.page.wait_for_selector(
+            f"tr.alert-row[data-alert-id='{alert_id}']", timeout=LIVE_TIMEOUT_MS
+        )
+        assert s.page.query_selector("#board-stale") is None
+        s.shot("13-server-back")
+        assert s.errors == []
+    finally:
+        server.stop()

@@ -127,6 +127,9 @@ export class Board {
           this.filterSelect("severity", SEVERITIES, (s) => tOr(`severity.${s}`, s)),
         ),
       ),
+      this.store.streamState === "down"
+        ? h("div", { class: "stale-banner", id: "board-stale" }, t("board.stale"))
+        : null,
       rows.length
         ? h(
             "table",
@@ -200,6 +203,9 @@ export function openAckDialog(alert, onDone) {
   const summary = dlg.querySelector(".ack-summary");
   note.value = "";
   err.textContent = "";
+  note.oninput = () => {
+    err.textContent = "";
+  };
   summary.replaceChildren(
     severityBadge(alert.severity), " ",
     h("strong", {}, alert.device_id ?? ""), " · ",

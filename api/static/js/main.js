@@ -56,7 +56,10 @@ function startSession(session) {
     app.board.markFresh(alert.id);
     if (isNewCritical) raiseAlarm(alert);
   });
-  store.addEventListener("stream", renderStreamState);
+  store.addEventListener("stream", () => {
+    renderStreamState();
+    if (app.view === app.board) app.board.render();
+  });
   store.addEventListener("unauthorized", () => showLogin());
   store.start().catch((err) => toast(t("error.generic", { msg: err.message }), "error"));
   route();
