@@ -23,27 +23,43 @@ from paho.mqtt.enums import CallbackAPIVersion
 from alerts.notify import load_config
 from alerts.notify.cli import register
 from healthmon.settings import Settings
-from tests.test_notify_harness import (  # noqa: F401 - fixtures
+from tests import test_notify_harness as harness
+from tests.test_notify_harness import (
     HttpReceiver,
     Mailbox,
     at,
-    http_receiver,
     load,
-    nconn,
-    ndsn,
     notifier,
-    notify_template,
     raise_alert,
     rows,
-    smtp_server,
 )
 
 Conn = psycopg.AsyncConnection[Any]
+
+# Fixtures shared with the other notify test modules.
+http_receiver = harness.http_receiver
+nconn = harness.nconn
+ndsn = harness.ndsn
+notify_template = harness.notify_template
+smtp_server = harness.smtp_server
 CONTRACT_KEYS = {
-    "id", "rule_id", "device_id", "site_id", "region", "domain", "metric", "severity", "state",
-    "started_at", "acknowledged_at", "acknowledged_by", "resolved_at", "value", "threshold",
+    "id",
+    "rule_id",
+    "device_id",
+    "site_id",
+    "region",
+    "domain",
+    "metric",
+    "severity",
+    "state",
+    "started_at",
+    "acknowledged_at",
+    "acknowledged_by",
+    "resolved_at",
+    "value",
+    "threshold",
     "message",
-}  # fmt: skip
+}
 MEMBERS = [
     {"name": "张三", "role": "值班员", "phone": "13800000001", "email": "zhang@cdc.example"},
     {"name": "李四", "role": "值班员", "phone": "13800000002", "email": "li@cdc.example"},
@@ -54,7 +70,12 @@ def one_group(channels: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "channels": channels,
         "contact_groups": [
-            {"id": "duty", "tier": "duty", "members": MEMBERS, "channels": [c["id"] for c in channels]}
+            {
+                "id": "duty",
+                "tier": "duty",
+                "members": MEMBERS,
+                "channels": [c["id"] for c in channels],
+            }
         ],
         "routes": [{"id": "all", "ladder": [{"tier": "duty"}], "group_wait_s": 0}],
     }
@@ -63,8 +84,19 @@ def one_group(channels: list[dict[str, Any]]) -> dict[str, Any]:
 async def test_webhook_posts_the_contract_alert_object(
     ndsn: str, nconn: Conn, http_receiver: HttpReceiver
 ) -> None:
-    await load(nconn, one_group([{"id": "hook", "type": "webhook", "url": http_receiver.url("/h"),
-                                  "headers": {"Authorization": "Bearer t0k"}}]))  # fmt: skip
+    await load(
+        nconn,
+        one_group(
+            [
+                {
+                    "id": "hook",
+                    "type": "webhook",
+                    "url": http_receiver.url("/h"),
+                    "headers": {"Authorization": "Bearer t0k"},
+                }
+            ]
+        ),
+    )
     aid = await raise_alert(nconn)
     async with notifier(ndsn) as n:
         assert (await n.run_once(at(0))).accepted == 1
@@ -72,10 +104,13 @@ async def test_webhook_posts_the_contract_alert_object(
     assert req.headers["Authorization"] == "Bearer t0k"
     assert req.headers["Content-Type"] == "application/json"
     body = req.body
-    assert CONTRACT_KEYS <= set(body)
+    assert set(body) >= CONTRACT_KEYS
     assert (body["id"], body["rule_id"], body["state"], body["severity"]) == (
-        str(aid), "coldchain.heat", "firing", "critical"
-    )  # fmt: skip
+        str(aid),
+        "coldchain.heat",
+        "firing",
+        "critical",
+    )
     assert (body["value"], body["threshold"], body["acknowledged_at"]) == (9.4, 8.0, None)
     assert body["started_at"] == at(0).isoformat()
     assert body["notification"]["purpose"] == "fired"
@@ -86,10 +121,20 @@ async def test_dingtalk_markdown_is_signed_and_mentions_members(
     ndsn: str, nconn: Conn, http_receiver: HttpReceiver
 ) -> None:
     secret = "SEC0123456789abcdef"
-    await load(nconn, one_group([{
-        "id": "dd", "type": "dingtalk", "url": http_receiver.url("/robot/send?access_token=abc"),
-        "secret": secret, "at_members": True,
-    }]))  # fmt: skip
+    await load(
+        nconn,
+        one_group(
+            [
+                {
+                    "id": "dd",
+                    "type": "dingtalk",
+                    "url": http_receiver.url("/robot/send?access_token=abc"),
+                    "secret": secret,
+                    "at_members": True,
+                }
+            ]
+        ),
+    )
     await raise_alert(nconn)
     before_ms = int(time.time() * 1000)
     async with notifier(ndsn) as n:
@@ -115,8 +160,12 @@ async def test_dingtalk_errcode_is_a_failure_not_an_acceptance(
     ndsn: str, nconn: Conn, http_receiver: HttpReceiver
 ) -> None:
     http_receiver.script("/dd", (200, {"errcode": 130101, "errmsg": "send too fast"}))
-    await load(nconn, one_group([{"id": "dd", "type": "dingtalk", "url": http_receiver.url("/dd"),
-                                  "msgtype": "text"}]))  # fmt: skip
+    await load(
+        nconn,
+        one_group(
+            [{"id": "dd", "type": "dingtalk", "url": http_receiver.url("/dd"), "msgtype": "text"}]
+        ),
+    )
     aid = await raise_alert(nconn)
     async with notifier(ndsn) as n:
         r = await n.run_once(at(0))
@@ -136,11 +185,21 @@ async def test_dingtalk_errcode_is_a_failure_not_an_acceptance(
 async def test_wecom_markdown_and_text_formats(
     ndsn: str, nconn: Conn, http_receiver: HttpReceiver
 ) -> None:
-    await load(nconn, one_group([
-        {"id": "wx-md", "type": "wecom", "url": http_receiver.url("/md?key=k1")},
-        {"id": "wx-text", "type": "wecom", "url": http_receiver.url("/text?key=k2"),
-         "msgtype": "text", "at_members": True},
-    ]))  # fmt: skip
+    await load(
+        nconn,
+        one_group(
+            [
+                {"id": "wx-md", "type": "wecom", "url": http_receiver.url("/md?key=k1")},
+                {
+                    "id": "wx-text",
+                    "type": "wecom",
+                    "url": http_receiver.url("/text?key=k2"),
+                    "msgtype": "text",
+                    "at_members": True,
+                },
+            ]
+        ),
+    )
     await raise_alert(nconn)
     async with notifier(ndsn) as n:
         assert (await n.run_once(at(0))).accepted == 2
@@ -157,10 +216,21 @@ async def test_wecom_markdown_and_text_formats(
 async def test_email_reaches_members_with_severity_and_site_in_the_subject(
     ndsn: str, nconn: Conn, smtp_server: Mailbox
 ) -> None:
-    await load(nconn, one_group([{
-        "id": "mail", "type": "email", "host": smtp_server.host, "port": smtp_server.port,
-        "from": "healthmon@cdc.example", "to": ["duty-desk@cdc.example"],
-    }]))  # fmt: skip
+    await load(
+        nconn,
+        one_group(
+            [
+                {
+                    "id": "mail",
+                    "type": "email",
+                    "host": smtp_server.host,
+                    "port": smtp_server.port,
+                    "from": "healthmon@cdc.example",
+                    "to": ["duty-desk@cdc.example"],
+                }
+            ]
+        ),
+    )
     aid = await raise_alert(nconn)
     async with notifier(ndsn) as n:
         assert (await n.run_once(at(0))).accepted == 1
@@ -194,10 +264,13 @@ async def test_mqtt_alert_topic_carries_every_state_change(
     sub.loop_start()
     try:
         await asyncio.wait_for(subscribed.wait(), 5)
-        await load(nconn, {
-            "channels": [{"id": "bus", "type": "mqtt", "host": host, "port": port}],
-            "delivery": {"broadcast": ["bus"]},
-        })  # fmt: skip
+        await load(
+            nconn,
+            {
+                "channels": [{"id": "bus", "type": "mqtt", "host": host, "port": port}],
+                "delivery": {"broadcast": ["bus"]},
+            },
+        )
         aid = await raise_alert(nconn, device_id=device)
         async with notifier(ndsn) as n:
             r = await n.run_once(at(0))

@@ -37,9 +37,14 @@ from alerts.notify.render import dingtalk_sign, mqtt_topic, render_message, weco
 
 T = datetime(2026, 11, 23, 4, 0, tzinfo=UTC)
 LABELS = {
-    "region": "310115", "site_id": "clinic-a", "device_id": "fridge-1", "domain": "coldchain",
-    "rule_id": "coldchain.heat", "severity": "warning", "kind": "value",
-}  # fmt: skip
+    "region": "310115",
+    "site_id": "clinic-a",
+    "device_id": "fridge-1",
+    "domain": "coldchain",
+    "rule_id": "coldchain.heat",
+    "severity": "warning",
+    "kind": "value",
+}
 
 
 def s(seconds: float) -> datetime:
@@ -215,9 +220,13 @@ def test_backoff_is_capped_exponential_with_jitter(attempt: int, low: float, hig
 )
 def test_after_failure(attempts: int, retryable: bool, expected: object) -> None:
     got = after_failure(
-        attempts=attempts, max_attempts=3, retryable=retryable,
-        backoff=Backoff(base_s=1, cap_s=60, jitter=0), rng=random.Random(1), now=s(0),
-    )  # fmt: skip
+        attempts=attempts,
+        max_attempts=3,
+        retryable=retryable,
+        backoff=Backoff(base_s=1, cap_s=60, jitter=0),
+        rng=random.Random(1),
+        now=s(0),
+    )
     assert got == expected
 
 
@@ -254,12 +263,22 @@ def test_dingtalk_sign_matches_the_documented_algorithm() -> None:
 
 def test_rendering_groups_and_limits() -> None:
     alerts = [
-        {"id": str(i), "rule_id": "pool.chlorine_low", "site_id": "pool-3", "region": "310115",
-         "device_id": f"probe-{i}", "domain": "pool", "metric": "free_chlorine_mgl",
-         "severity": "warning", "value": 0.2, "threshold": 0.3,
-         "started_at": "2026-11-23T04:00:00+00:00", "message": "余氯低于 0.3 mg/L"}
+        {
+            "id": str(i),
+            "rule_id": "pool.chlorine_low",
+            "site_id": "pool-3",
+            "region": "310115",
+            "device_id": f"probe-{i}",
+            "domain": "pool",
+            "metric": "free_chlorine_mgl",
+            "severity": "warning",
+            "value": 0.2,
+            "threshold": 0.3,
+            "started_at": "2026-11-23T04:00:00+00:00",
+            "message": "余氯低于 0.3 mg/L",
+        }
         for i in range(25)
-    ]  # fmt: skip
+    ]
     msg = render_message(purpose="fired", level=0, alerts=alerts)
     assert msg.title == "【警告】告警（25 条） 游泳池水 pool-3"
     assert "另有 5 条未列出" in msg.text

@@ -4,20 +4,19 @@ alerts, escalation, reminders, silences, grouping, the outbox cursor."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from tests.test_notify_harness import (  # noqa: F401 - fixtures
+
+from tests import test_notify_harness as harness
+from tests.test_notify_harness import (
     HttpReceiver,
     at,
     change_state,
-    http_receiver,
     load,
-    nconn,
-    ndsn,
     notifier,
-    notify_template,
     raise_alert,
     rows,
     timeline,
@@ -25,6 +24,12 @@ from tests.test_notify_harness import (  # noqa: F401 - fixtures
 )
 
 Conn = psycopg.AsyncConnection[Any]
+
+# Fixtures shared with the other notify test modules.
+http_receiver = harness.http_receiver
+nconn = harness.nconn
+ndsn = harness.ndsn
+notify_template = harness.notify_template
 
 
 async def test_webhook_retries_until_the_receiver_accepts(
@@ -53,8 +58,10 @@ async def test_webhook_retries_until_the_receiver_accepts(
         led["id"],
     )
     assert [(a["attempt"], a["ok"], a["status_code"]) for a in log] == [
-        (1, False, 500), (2, False, 500), (3, True, 200)
-    ]  # fmt: skip
+        (1, False, 500),
+        (2, False, 500),
+        (3, True, 200),
+    ]
     assert [a["at"] for a in log] == [at(0), at(1), at(3)]
     assert len(http_receiver.at("/hook")) == 3
     assert (await timeline(nconn, aid)).count("notified") == 1
@@ -67,7 +74,12 @@ async def test_fallback_channel_used_and_channel_failing_alert_raised(
     http_receiver.script("/down", *[(503, "down")] * 10)
     cfg = webhook_config(http_receiver, max_attempts=2, channel_failing_after=2)
     cfg["channels"] = [
-        {"id": "primary", "type": "webhook", "url": http_receiver.url("/down"), "fallback": "backup"},
+        {
+            "id": "primary",
+            "type": "webhook",
+            "url": http_receiver.url("/down"),
+            "fallback": "backup",
+        },
         {"id": "backup", "type": "webhook", "url": http_receiver.url("/backup")},
     ]
     cfg["contact_groups"][0]["channels"] = ["primary"]
@@ -85,18 +97,19 @@ async def test_fallback_channel_used_and_channel_failing_alert_raised(
         aid,
     )
     assert [(x["channel_id"], x["state"], x["attempts"]) for x in led] == [
-        ("primary", "failed", 2), ("backup", "accepted", 1)
-    ]  # fmt: skip
+        ("primary", "failed", 2),
+        ("backup", "accepted", 1),
+    ]
     assert led[1]["fallback_of"] is not None
     assert len(http_receiver.at("/backup")) == 1
     assert http_receiver.at("/backup")[0].body["id"] == str(aid)
     assert (await timeline(nconn, aid))[-2:] == ["notify_failed", "notified"]
-    [sysalert] = await rows(
-        nconn, "SELECT * FROM alerts WHERE rule_id = 'system.channel_failing'"
-    )
+    [sysalert] = await rows(nconn, "SELECT * FROM alerts WHERE rule_id = 'system.channel_failing'")
     assert (sysalert["subject"], sysalert["kind"], sysalert["state"]) == (
-        "channel:primary", "system", "firing"
-    )  # fmt: skip
+        "channel:primary",
+        "system",
+        "firing",
+    )
     assert await timeline(nconn, sysalert["id"]) == ["fired"]
     # No `nobody reachable`: the backup reached someone.
     assert not await rows(nconn, "SELECT 1 FROM alerts WHERE rule_id = 'system.nobody_reachable'")
@@ -156,12 +169,20 @@ def ladder_config(rec: HttpReceiver, site: str, **route: Any) -> dict[str, Any]:
         ],
         "contact_groups": [
             {"id": "duty", "tier": "duty", "match": {"site_id": site}, "channels": ["duty-robot"]},
-            {"id": "other-duty", "tier": "duty", "match": {"site_id": "elsewhere"},
-             "channels": ["head-robot"]},
+            {
+                "id": "other-duty",
+                "tier": "duty",
+                "match": {"site_id": "elsewhere"},
+                "channels": ["head-robot"],
+            },
             {"id": "head", "tier": "head", "match": {"site_id": site}, "channels": ["head-robot"]},
-            {"id": "district", "tier": "district", "match": {"region": "310115"},
-             "channels": ["district-hook"]},
-        ],  # fmt: skip
+            {
+                "id": "district",
+                "tier": "district",
+                "match": {"region": "310115"},
+                "channels": ["district-hook"],
+            },
+        ],
         "routes": [
             {
                 "id": "coldchain",
@@ -183,7 +204,10 @@ async def test_escalation_follows_the_ladder_when_nobody_acknowledges(
 ) -> None:
     await load(nconn, ladder_config(http_receiver, "site-1"))
     aid = await raise_alert(nconn)
-    paths = lambda: [r.path for r in http_receiver.requests]  # noqa: E731
+
+    def paths() -> list[str]:
+        return [r.path for r in http_receiver.requests]
+
     async with notifier(ndsn) as n:
         await n.run_once(at(0))
         assert paths() == ["/duty"]
@@ -375,7 +399,5 @@ async def test_run_loop_is_woken_by_notify(
             assert [r.body["id"] for r in http_receiver.requests] == [str(aid)]
         finally:
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass

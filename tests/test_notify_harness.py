@@ -18,11 +18,11 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg
 import pytest
 from aiosmtpd.controller import Controller
-from tests.conftest import PG_ADMIN_DSN, _dsn_for, free_port
 from psycopg.rows import dict_row
 
 from alerts.notify import Backoff, Notifier, parse_config, save_config
 from ingest import migrate
+from tests.conftest import PG_ADMIN_DSN, _dsn_for, free_port
 
 T0 = datetime(2026, 11, 23, 4, 0, tzinfo=UTC)
 OK = (200, {"errcode": 0, "errmsg": "ok"})
@@ -102,9 +102,20 @@ async def raise_alert(
             " kind, severity, state, started_at, detected_at, value, threshold, message)"
             " VALUES (%s, %s, %s, %s, %s, %s, 'temp_c', %s, %s, 'firing', %s, %s, %s, 8.0,"
             " '冷藏温度高于 8 °C') RETURNING id",
-            (rule_id, f"device:{device_id}:{uuid.uuid4().hex[:6]}", device_id, site_id, region,
-             domain, kind, severity, when, when, value),
-        )  # fmt: skip
+            (
+                rule_id,
+                f"device:{device_id}:{uuid.uuid4().hex[:6]}",
+                device_id,
+                site_id,
+                region,
+                domain,
+                kind,
+                severity,
+                when,
+                when,
+                value,
+            ),
+        )
         row = await cur.fetchone()
         assert row is not None
         aid = row["id"] if isinstance(row, dict) else row[0]
@@ -146,7 +157,9 @@ async def rows(conn: psycopg.AsyncConnection[Any], sql: str, *params: Any) -> li
 async def timeline(conn: psycopg.AsyncConnection[Any], aid: uuid.UUID) -> list[str]:
     return [
         r["kind"]
-        for r in await rows(conn, "SELECT kind FROM alert_events WHERE alert_id = %s ORDER BY id", aid)
+        for r in await rows(
+            conn, "SELECT kind FROM alert_events WHERE alert_id = %s ORDER BY id", aid
+        )
     ]
 
 
@@ -206,7 +219,7 @@ def http_receiver() -> Iterator[HttpReceiver]:
             self.end_headers()
             self.wfile.write(data)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -228,7 +241,7 @@ class Mailbox:
     port: int
     mails: list[tuple[str, list[str], bytes]] = field(default_factory=list)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.mails.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
         return "250 Message accepted for delivery"
 

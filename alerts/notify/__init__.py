@@ -11,10 +11,10 @@ from alerts.notify.config import (
     parse_config,
     parse_config_file,
 )
+from alerts.notify.config_store import load_config, save_config
 from alerts.notify.decide import Backoff
 from alerts.notify.errors import ConfigError, DeliveryError, NotifyError
 from alerts.notify.service import Notifier, NotifyStats, RunReport
-from alerts.notify.store import load_config, save_config
 
 __all__ = [
     "Backoff",

@@ -16,9 +16,9 @@ import psycopg
 import yaml
 
 from alerts.notify.config import parse_config_file
+from alerts.notify.config_store import load_config, save_config
 from alerts.notify.errors import ConfigError
 from alerts.notify.service import Notifier
-from alerts.notify.store import load_config, save_config
 from healthmon.settings import Settings
 
 

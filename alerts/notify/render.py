@@ -45,10 +45,23 @@ DINGTALK_TEXT_MAX_CHARS = 5000  # conservative: long messages are rejected by th
 MAX_LISTED_ALERTS = 20
 
 _CONTRACT_FIELDS = (
-    "id", "rule_id", "device_id", "site_id", "region", "domain", "metric", "severity",
-    "state", "started_at", "acknowledged_at", "acknowledged_by", "resolved_at", "value",
-    "threshold", "message",
-)  # fmt: skip
+    "id",
+    "rule_id",
+    "device_id",
+    "site_id",
+    "region",
+    "domain",
+    "metric",
+    "severity",
+    "state",
+    "started_at",
+    "acknowledged_at",
+    "acknowledged_by",
+    "resolved_at",
+    "value",
+    "threshold",
+    "message",
+)
 
 
 def alert_to_contract_dict(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,18 +95,28 @@ class Message:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "purpose": self.purpose, "level": self.level, "title": self.title,
-            "text": self.text, "markdown": self.markdown, "alerts": list(self.alerts),
-            "mobiles": list(self.mobiles), "emails": list(self.emails),
-        }  # fmt: skip
+            "purpose": self.purpose,
+            "level": self.level,
+            "title": self.title,
+            "text": self.text,
+            "markdown": self.markdown,
+            "alerts": list(self.alerts),
+            "mobiles": list(self.mobiles),
+            "emails": list(self.emails),
+        }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Message:
         return cls(
-            purpose=d["purpose"], level=int(d["level"]), title=d["title"], text=d["text"],
-            markdown=d["markdown"], alerts=tuple(d["alerts"]), mobiles=tuple(d.get("mobiles", ())),
+            purpose=d["purpose"],
+            level=int(d["level"]),
+            title=d["title"],
+            text=d["text"],
+            markdown=d["markdown"],
+            alerts=tuple(d["alerts"]),
+            mobiles=tuple(d.get("mobiles", ())),
             emails=tuple(d.get("emails", ())),
-        )  # fmt: skip
+        )
 
 
 def _local(ts: str | None) -> str:
@@ -178,8 +201,11 @@ def webhook_body(msg: Message, notification_id: int) -> dict[str, Any]:
     optional `notification` and `alerts` (the whole batch) fields."""
     body = dict(msg.alerts[0])
     body["notification"] = {
-        "id": notification_id, "purpose": msg.purpose, "level": msg.level, "title": msg.title,
-    }  # fmt: skip
+        "id": notification_id,
+        "purpose": msg.purpose,
+        "level": msg.level,
+        "title": msg.title,
+    }
     body["alerts"] = list(msg.alerts)
     return body
 

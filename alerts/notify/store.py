@@ -13,7 +13,6 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from alerts.notify.config import NotifyConfig
 from alerts.notify.decide import Cursor, Progress, SilenceView
 
 Conn = psycopg.AsyncConnection[Any]
@@ -25,92 +24,17 @@ ACTOR = "notifier"
 FIRST_START_MARGIN = 1000
 
 
-async def _all(conn: Conn, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
+async def fetch_all(conn: Conn, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(sql, params)
         return await cur.fetchall()
 
 
-async def _one(conn: Conn, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
-    rows = await _all(conn, sql, params)
+async def fetch_one(
+    conn: Conn, sql: str, params: Sequence[Any] | dict[str, Any] = ()
+) -> Row | None:
+    rows = await fetch_all(conn, sql, params)
     return rows[0] if rows else None
-
-
-# ---------------------------------------------------------------- configuration
-
-
-async def save_config(conn: Conn, cfg: NotifyConfig, *, now: datetime) -> str:
-    """Replace the stored configuration in one transaction; returns the new version."""
-    version = now.isoformat()
-    async with conn.transaction():
-        await conn.execute("LOCK TABLE notify_settings IN EXCLUSIVE MODE")
-        for table in ("notify_routes", "notify_contact_groups", "notify_channels"):
-            await conn.execute(f"DELETE FROM {table}")
-        for c in cfg.channels:
-            await conn.execute(
-                "INSERT INTO notify_channels (channel_id, type, config, fallback, enabled, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (c.id, c.type, Jsonb(c.settings_json()), c.fallback, c.enabled, now),
-            )
-        for g in cfg.contact_groups:
-            await conn.execute(
-                "INSERT INTO notify_contact_groups"
-                " (group_id, name, tier, match, channels, members, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (
-                    g.id, g.name, g.tier, Jsonb(g.match), g.channels,
-                    Jsonb([m.model_dump(exclude_none=True) for m in g.members]), now,
-                ),
-            )  # fmt: skip
-        for pos, r in enumerate(cfg.routes):
-            await conn.execute(
-                "INSERT INTO notify_routes (route_id, position, match, ladder, reminder_every_s,"
-                " max_reminders, group_wait_s, continue_matching, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    r.id, pos, Jsonb(r.match), Jsonb([s.model_dump() for s in r.ladder]),
-                    r.reminder_every_s, r.max_reminders, r.group_wait_s, r.continue_matching, now,
-                ),
-            )  # fmt: skip
-        for key, value in (("delivery", cfg.delivery.model_dump()), ("version", version)):
-            await conn.execute(
-                "INSERT INTO notify_settings (key, value, updated_at) VALUES (%s, %s, %s)"
-                " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at",
-                (key, Jsonb(value), now),
-            )
-        await conn.execute("SELECT pg_notify(%s, %s)", (CONFIG_CHANNEL, version))
-    return version
-
-
-async def config_version(conn: Conn) -> str | None:
-    row = await _one(conn, "SELECT value FROM notify_settings WHERE key = 'version'")
-    return None if row is None else str(row["value"])
-
-
-async def load_config(conn: Conn) -> tuple[str | None, NotifyConfig]:
-    """The stored configuration and its version (an empty one when nothing was loaded)."""
-    version = await config_version(conn)
-    channels = [
-        {"id": r["channel_id"], "type": r["type"], "fallback": r["fallback"],
-         "enabled": r["enabled"], **r["config"]}
-        for r in await _all(conn, "SELECT * FROM notify_channels ORDER BY channel_id")
-    ]  # fmt: skip
-    groups = [
-        {"id": r["group_id"], "name": r["name"], "tier": r["tier"], "match": r["match"],
-         "channels": r["channels"], "members": r["members"]}
-        for r in await _all(conn, "SELECT * FROM notify_contact_groups ORDER BY group_id")
-    ]  # fmt: skip
-    routes = [
-        {"id": r["route_id"], "match": r["match"], "ladder": r["ladder"],
-         "reminder_every_s": r["reminder_every_s"], "max_reminders": r["max_reminders"],
-         "group_wait_s": r["group_wait_s"], "continue": r["continue_matching"]}
-        for r in await _all(conn, "SELECT * FROM notify_routes ORDER BY position")
-    ]  # fmt: skip
-    row = await _one(conn, "SELECT value FROM notify_settings WHERE key = 'delivery'")
-    data = {"channels": channels, "contact_groups": groups, "routes": routes}
-    if row is not None:
-        data["delivery"] = row["value"]
-    return version, NotifyConfig.model_validate(data)
 
 
 # ---------------------------------------------------------------- the outbox
@@ -130,7 +54,7 @@ async def lock_cursor(conn: Conn, name: str) -> Cursor:
         " ON CONFLICT (name) DO NOTHING",
         (name, FIRST_START_MARGIN),
     )
-    row = await _one(
+    row = await fetch_one(
         conn,
         "SELECT last_event_id, processed_above FROM notify_cursor WHERE name = %s FOR UPDATE",
         (name,),
@@ -148,7 +72,7 @@ async def save_cursor(conn: Conn, name: str, cursor: Cursor, now: datetime) -> N
 
 
 async def fetch_events(conn: Conn, cursor: Cursor, limit: int) -> list[Row]:
-    return await _all(
+    return await fetch_all(
         conn,
         "SELECT id, alert_id, at, kind, state, data FROM alert_events"
         " WHERE id > %s AND NOT (id = ANY(%s)) ORDER BY id LIMIT %s",
@@ -160,17 +84,19 @@ async def fetch_events(conn: Conn, cursor: Cursor, limit: int) -> list[Row]:
 
 
 async def fetch_alerts(conn: Conn, ids: Iterable[UUID]) -> dict[UUID, Row]:
-    rows = await _all(conn, "SELECT * FROM alerts WHERE id = ANY(%s)", (list(ids),))
+    rows = await fetch_all(conn, "SELECT * FROM alerts WHERE id = ANY(%s)", (list(ids),))
     return {r["id"]: r for r in rows}
 
 
 async def progress_rows(conn: Conn, alert_id: UUID) -> list[Row]:
-    return await _all(conn, "SELECT * FROM notify_alert_state WHERE alert_id = %s", (alert_id,))
+    return await fetch_all(
+        conn, "SELECT * FROM notify_alert_state WHERE alert_id = %s", (alert_id,)
+    )
 
 
 async def open_progress(conn: Conn) -> list[Row]:
     """Open (alert, route) progress rows with their alert, locked against a second notifier."""
-    return await _all(
+    return await fetch_all(
         conn,
         "SELECT s.route_id, s.level, s.first_notified_at, s.last_notified_at, s.reminders,"
         " s.silenced_by, a.* FROM notify_alert_state s JOIN alerts a ON a.id = s.alert_id"
@@ -193,9 +119,17 @@ async def save_progress(
     await conn.execute(
         "UPDATE notify_alert_state SET level = %s, first_notified_at = %s, last_notified_at = %s,"
         " reminders = %s, silenced_by = %s, done = %s WHERE alert_id = %s AND route_id = %s",
-        (p.level, p.first_notified_at, p.last_notified_at, p.reminders, p.silenced_by, done,
-         alert_id, route_id),
-    )  # fmt: skip
+        (
+            p.level,
+            p.first_notified_at,
+            p.last_notified_at,
+            p.reminders,
+            p.silenced_by,
+            done,
+            alert_id,
+            route_id,
+        ),
+    )
 
 
 def progress_of(row: Row) -> Progress:
@@ -209,16 +143,17 @@ def progress_of(row: Row) -> Progress:
 
 
 async def active_silences(conn: Conn, now: datetime) -> list[SilenceView]:
-    rows = await _all(
+    rows = await fetch_all(
         conn,
-        "SELECT id, matchers, starts_at, ends_at FROM silences WHERE starts_at <= %s AND ends_at > %s",
+        "SELECT id, matchers, starts_at, ends_at FROM silences"
+        " WHERE starts_at <= %s AND ends_at > %s",
         (now, now),
     )
     return [SilenceView(r["id"], r["matchers"], r["starts_at"], r["ends_at"]) for r in rows]
 
 
 async def silence_info(conn: Conn, silence_id: UUID) -> Row:
-    row = await _one(
+    row = await fetch_one(
         conn, "SELECT owner, reason, ends_at FROM silences WHERE id = %s", (silence_id,)
     )
     return row or {}
@@ -228,12 +163,20 @@ async def silence_info(conn: Conn, silence_id: UUID) -> Row:
 
 
 async def add_to_batch(
-    conn: Conn, *, key: str, route_id: str | None, level: int, purpose: str,
-    alert_id: UUID, due_at: datetime, now: datetime,
-) -> None:  # fmt: skip
+    conn: Conn,
+    *,
+    key: str,
+    route_id: str | None,
+    level: int,
+    purpose: str,
+    alert_id: UUID,
+    due_at: datetime,
+    now: datetime,
+) -> None:
     """Join the open batch of this key, or open one due at `due_at`."""
     await conn.execute(
-        "INSERT INTO notify_batches (group_key, route_id, level, purpose, alert_ids, due_at, created_at)"
+        "INSERT INTO notify_batches"
+        " (group_key, route_id, level, purpose, alert_ids, due_at, created_at)"
         " VALUES (%s, %s, %s, %s, ARRAY[%s::uuid], %s, %s)"
         " ON CONFLICT (group_key) WHERE flushed_at IS NULL DO UPDATE"
         " SET alert_ids = CASE WHEN %s::uuid = ANY(notify_batches.alert_ids)"
@@ -243,7 +186,7 @@ async def add_to_batch(
 
 
 async def due_batches(conn: Conn, now: datetime) -> list[Row]:
-    return await _all(
+    return await fetch_all(
         conn,
         "SELECT * FROM notify_batches WHERE flushed_at IS NULL AND due_at <= %s"
         " ORDER BY due_at FOR UPDATE SKIP LOCKED",
@@ -259,21 +202,48 @@ async def mark_flushed(conn: Conn, batch_id: int, now: datetime) -> None:
 
 
 async def insert_notification(
-    conn: Conn, *, batch_id: int | None, alert_ids: Sequence[UUID], route_id: str | None,
-    level: int, purpose: str, channel_id: str | None, group_id: str | None, state: str,
-    message: dict[str, Any], max_attempts: int, now: datetime, silence_id: UUID | None = None,
-    fallback_of: int | None = None, last_error: str | None = None,
-) -> int:  # fmt: skip
-    row = await _one(
+    conn: Conn,
+    *,
+    batch_id: int | None,
+    alert_ids: Sequence[UUID],
+    route_id: str | None,
+    level: int,
+    purpose: str,
+    channel_id: str | None,
+    group_id: str | None,
+    state: str,
+    message: dict[str, Any],
+    max_attempts: int,
+    now: datetime,
+    silence_id: UUID | None = None,
+    fallback_of: int | None = None,
+    last_error: str | None = None,
+) -> int:
+    row = await fetch_one(
         conn,
         "INSERT INTO notifications (batch_id, alert_ids, route_id, level, purpose, channel_id,"
         " group_id, state, silence_id, message, max_attempts, next_attempt_at, fallback_of,"
         " last_error, created_at, updated_at)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-        (batch_id, list(alert_ids), route_id, level, purpose, channel_id, group_id, state,
-         silence_id, Jsonb(message), max_attempts, now if state == "queued" else None,
-         fallback_of, last_error, now, now),
-    )  # fmt: skip
+        (
+            batch_id,
+            list(alert_ids),
+            route_id,
+            level,
+            purpose,
+            channel_id,
+            group_id,
+            state,
+            silence_id,
+            Jsonb(message),
+            max_attempts,
+            now if state == "queued" else None,
+            fallback_of,
+            last_error,
+            now,
+            now,
+        ),
+    )
     assert row is not None
     return int(row["id"])
 
@@ -282,12 +252,12 @@ async def claim_due(conn: Conn, now: datetime, limit: int) -> list[Row]:
     """Queued notifications due at `now`, moved to `sent` (one more attempt) and committed
     before anything is sent, so a crash mid-send is visible as `sent`."""
     async with conn.transaction():
-        return await _all(
+        return await fetch_all(
             conn,
             "UPDATE notifications SET state = 'sent', attempts = attempts + 1, updated_at = %s"
             " WHERE id IN (SELECT id FROM notifications WHERE state = 'queued'"
-            " AND next_attempt_at <= %s ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED)"
-            " RETURNING *",
+            " AND next_attempt_at <= %s ORDER BY next_attempt_at, id LIMIT %s"
+            " FOR UPDATE SKIP LOCKED) RETURNING *",
             (now, now, limit),
         )
 
@@ -305,9 +275,16 @@ async def requeue_stale_sent(conn: Conn, now: datetime) -> int:
 
 
 async def record_attempt(
-    conn: Conn, *, notification_id: int, attempt: int, now: datetime, ok: bool,
-    status_code: int | None, error: str, duration_ms: float,
-) -> None:  # fmt: skip
+    conn: Conn,
+    *,
+    notification_id: int,
+    attempt: int,
+    now: datetime,
+    ok: bool,
+    status_code: int | None,
+    error: str,
+    duration_ms: float,
+) -> None:
     await conn.execute(
         "INSERT INTO notification_attempts (notification_id, attempt, at, ok, status_code, error,"
         " duration_ms) VALUES (%s, %s, %s, %s, %s, %s, %s)",
@@ -316,9 +293,14 @@ async def record_attempt(
 
 
 async def set_state(
-    conn: Conn, notification_id: int, state: str, now: datetime, *,
-    next_attempt_at: datetime | None = None, error: str | None = None,
-) -> None:  # fmt: skip
+    conn: Conn,
+    notification_id: int,
+    state: str,
+    now: datetime,
+    *,
+    next_attempt_at: datetime | None = None,
+    error: str | None = None,
+) -> None:
     await conn.execute(
         "UPDATE notifications SET state = %s, next_attempt_at = %s,"
         " last_error = coalesce(%s, last_error), updated_at = %s WHERE id = %s",
@@ -328,7 +310,7 @@ async def set_state(
 
 async def fallback_chain(conn: Conn, notification_id: int) -> list[str]:
     """Channel ids already tried for this message (the row and its fallback ancestors)."""
-    rows = await _all(
+    rows = await fetch_all(
         conn,
         "WITH RECURSIVE chain AS (SELECT id, channel_id, fallback_of FROM notifications"
         " WHERE id = %s UNION ALL SELECT n.id, n.channel_id, n.fallback_of FROM notifications n"
@@ -340,7 +322,7 @@ async def fallback_chain(conn: Conn, notification_id: int) -> list[str]:
 
 async def batch_still_reachable(conn: Conn, batch_id: int) -> bool:
     """True while some notification of the batch was accepted or may still be."""
-    row = await _one(
+    row = await fetch_one(
         conn,
         "SELECT count(*) AS n FROM notifications WHERE batch_id = %s"
         " AND state IN ('queued', 'sent', 'accepted')",
@@ -350,7 +332,7 @@ async def batch_still_reachable(conn: Conn, batch_id: int) -> bool:
 
 
 async def next_times(conn: Conn) -> list[datetime]:
-    row = await _one(
+    row = await fetch_one(
         conn,
         "SELECT (SELECT min(next_attempt_at) FROM notifications WHERE state = 'queued') AS n,"
         " (SELECT min(due_at) FROM notify_batches WHERE flushed_at IS NULL) AS b",
@@ -362,7 +344,7 @@ async def next_times(conn: Conn) -> list[datetime]:
 
 
 async def channel_failed(conn: Conn, channel_id: str, error: str, now: datetime) -> int:
-    row = await _one(
+    row = await fetch_one(
         conn,
         "INSERT INTO notify_channel_health (channel_id, consecutive_failures, last_error,"
         " last_failure_at) VALUES (%s, 1, %s, %s) ON CONFLICT (channel_id) DO UPDATE"
@@ -387,26 +369,47 @@ async def channel_succeeded(conn: Conn, channel_id: str, now: datetime) -> None:
 
 
 async def add_timeline(
-    conn: Conn, alert_id: UUID, kind: str, now: datetime, *, note: str = "",
-    data: dict[str, Any] | None = None, state: str | None = None,
-) -> None:  # fmt: skip
+    conn: Conn,
+    alert_id: UUID,
+    kind: str,
+    now: datetime,
+    *,
+    note: str = "",
+    data: dict[str, Any] | None = None,
+    state: str | None = None,
+) -> None:
     """A step on the alert's timeline; NOTIFY so the SSE stream shows it at once."""
     await conn.execute(
         "INSERT INTO alert_events (alert_id, at, kind, state, actor, note, data)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (alert_id, now, kind, state, ACTOR, note,
-         Jsonb(json.loads(json.dumps(data or {}, default=str)))),
-    )  # fmt: skip
+        (
+            alert_id,
+            now,
+            kind,
+            state,
+            ACTOR,
+            note,
+            Jsonb(json.loads(json.dumps(data or {}, default=str))),
+        ),
+    )
     await conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(alert_id)))
 
 
 async def raise_system_alert(
-    conn: Conn, *, rule_id: str, subject: str, severity: str, message: str, now: datetime,
-    site_id: str | None = None, region: str | None = None, data: dict[str, Any] | None = None,
-) -> UUID | None:  # fmt: skip
+    conn: Conn,
+    *,
+    rule_id: str,
+    subject: str,
+    severity: str,
+    message: str,
+    now: datetime,
+    site_id: str | None = None,
+    region: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> UUID | None:
     """Open a `system` alert unless one is open for this rule and subject (the partial
     unique index decides); returns its id when a new one was opened."""
-    row = await _one(
+    row = await fetch_one(
         conn,
         "INSERT INTO alerts (rule_id, subject, site_id, region, kind, severity, state,"
         " started_at, detected_at, message, updated_at)"
@@ -423,7 +426,7 @@ async def raise_system_alert(
 async def resolve_system_alert(
     conn: Conn, *, rule_id: str, subject: str, now: datetime, note: str
 ) -> None:
-    row = await _one(
+    row = await fetch_one(
         conn,
         "UPDATE alerts SET state = 'resolved', resolved_at = %s, resolved_by = %s, updated_at = %s"
         " WHERE rule_id = %s AND subject = %s AND state <> 'resolved' RETURNING id",
