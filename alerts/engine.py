@@ -31,10 +31,18 @@ from alerts import store
 from alerts.actions import Action, Escalate, Fire, Inputs, Resolve, dt_of, ts_of
 from alerts.evaluate import evaluate, no_data_due, on_time
 from alerts.packs import default_rules
-from alerts.rules import BAG_KINDS, NoDataRule, RuleBase, SiteSilenceRule
+from alerts.rules import (
+    BAG_KINDS,
+    CumulativeRule,
+    NoDataRule,
+    RateRule,
+    RuleBase,
+    SiteSilenceRule,
+    ThresholdRule,
+)
 from alerts.store import AlertContext
 from alerts.waste import Member, site_verdict
-from ingest import DeviceInfo, EvalBatch, Event
+from ingest import DeviceInfo, EvalBatch, Event, Reading
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +100,39 @@ def _relevant(rule: RuleBase, inp: Inputs) -> bool:
     if rule.kind == "sensor_fault":  # type: ignore[attr-defined]
         return bool(inp.readings or inp.faults)
     return rule.kind == "no_data"  # type: ignore[attr-defined]
+
+
+def _late_readings(rule: RuleBase, st: dict[str, Any], inp: Inputs) -> list[datetime]:
+    """Event times of readings this single-metric rule's state has already moved past."""
+    last = st.get("last")
+    if last is None or rule.kind not in _VALUE_KINDS:  # type: ignore[attr-defined]
+        return []
+    metric = rule.metric  # type: ignore[attr-defined]
+    return [
+        r.ts
+        for r in inp.readings
+        if r.metric == metric and r.value is not None and ts_of(r.ts) <= last
+    ]
+
+
+def _lookback_s(rule: RuleBase) -> float:
+    """How much history before the first late reading a replay needs."""
+    if isinstance(rule, ThresholdRule):
+        return rule.for_s + (rule.mean_s or 0) + rule.clear_for_s + 600
+    if isinstance(rule, CumulativeRule | RateRule):
+        return rule.window_s
+    return 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Replay:
+    rule: RuleBase
+    subject: str
+    ctx: AlertContext
+    device: DeviceInfo
+    first_late: datetime
+    until: datetime
+    active: bool
 
 
 class AlertEngine:
@@ -252,9 +293,15 @@ class AlertEngine:
         saves: list[tuple[str, str, dict[str, Any], datetime | None]] = []
         results: list[tuple[RuleBase, str, AlertContext, list[Action]]] = []
         offline_due: list[tuple[str, str]] = []
+        replays: list[_Replay] = []
         for rule, subject, inp, ctx in work:
             before = states.get((rule.rule_id, subject))
             st = copy.deepcopy(before) if before is not None else {}
+            late = _late_readings(rule, st, inp)
+            if late:
+                assert inp.device is not None
+                replays.append(_Replay(rule, subject, ctx, inp.device, min(late),
+                                       dt_of(st["last"]), bool(st.get("active"))))  # fmt: skip
             try:
                 out = evaluate(rule, st, inp, now)
             except Exception:  # a faulty rule must not stop the others (nor the write)
@@ -280,6 +327,8 @@ class AlertEngine:
                 and any(isinstance(a, Resolve) for a in actions)
             ):
                 back_sites.add(ctx.site_id)
+        for rp in replays:
+            await self._replay(conn, rp, now)
         if offline_due:
             await self._offline(conn, offline_due, now)
         if back_sites and self._site_rule is not None:
@@ -320,6 +369,40 @@ class AlertEngine:
                 c.resolved += (
                     await store.resolve_alert(conn, rule.rule_id, subject, a, now) is not None
                 )
+
+    async def _replay(self, conn: store.Conn, rp: _Replay, now: datetime) -> None:
+        """Late readings (older than what the rule state has seen, e.g. a backlog uploaded
+        after live data resumed): re-evaluate that stretch of stored history from a fresh
+        state and record the episodes it contains as resolved retrospective alerts. The
+        live state and its open episode are left as they are."""
+        rule = rp.rule
+        metric: str = rule.metric  # type: ignore[attr-defined]
+        start = rp.first_late - timedelta(seconds=_lookback_s(rule))
+        rows = await store.history(conn, rp.device.device_id, metric, start, rp.until)
+        readings = [Reading(ts, rp.device.device_id, metric, v) for ts, v in rows]
+        out = evaluate(rule, {}, Inputs(device=rp.device, readings=readings), now)
+        episodes: list[list[Any]] = []  # [fire, severity, end]
+        for a in out.actions:
+            if isinstance(a, Fire):
+                episodes.append([a, a.severity, None])
+            elif isinstance(a, Escalate) and episodes:
+                episodes[-1][1] = a.severity
+            elif isinstance(a, Resolve) and episodes:
+                episodes[-1][2] = a.at
+        for fire, severity, end in episodes:
+            if fire.detected_ts < rp.first_late:
+                continue  # complete before the late data: the live state judged it already
+            if end is None:
+                if rp.active:
+                    continue  # it runs into the episode that is open now
+                end = rp.until  # back within limits by the live state's next reading
+            aid = await store.record_past_episode(
+                conn, rule, rp.subject, rp.ctx, fire, severity, end, now
+            )
+            if aid is not None:
+                self.counters.fired += 1
+                self.counters.retrospective += 1
+                self.counters.resolved += 1
 
     # ------------------------------------------------------------ time-driven
 

@@ -169,6 +169,18 @@ async def forget_finished_bags(conn: Conn, before: datetime) -> int:
     return cur.rowcount
 
 
+async def history(
+    conn: Conn, device_id: str, metric: str, start: datetime, end: datetime, limit: int = 50_000
+) -> list[tuple[datetime, float | None]]:
+    """Stored readings of one device and metric in [start, end], by event time."""
+    cur = await conn.execute(
+        "SELECT ts, value FROM readings WHERE device_id = %s AND metric = %s"
+        " AND ts >= %s AND ts <= %s ORDER BY ts LIMIT %s",
+        (device_id, metric, start, end, limit),
+    )
+    return [(r[0], r[1]) for r in await cur.fetchall()]
+
+
 # ---------------------------------------------------------------- devices and sites
 
 
@@ -275,6 +287,45 @@ async def open_alert(
         return row[0], True
     existing = await open_alert_id(conn, rule.rule_id, subject)
     return existing, False
+
+
+async def record_past_episode(
+    conn: Conn,
+    rule: RuleBase,
+    subject: str,
+    ctx: AlertContext,
+    fire: Fire,
+    severity: str,
+    ended_at: datetime,
+    now: datetime,
+) -> UUID | None:
+    """Record an episode found in late data that began and ended in the past, as a
+    resolved retrospective alert, unless an alert of this rule and subject already
+    covers any of its time. Never touches the open episode."""
+    cur = await conn.execute(
+        "INSERT INTO alerts (rule_id, subject, device_id, site_id, region, domain, metric,"
+        " kind, severity, state, started_at, detected_at, retrospective, resolved_at,"
+        " resolved_by, value, threshold, message, standard, updated_at)"
+        " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, 'resolved', %s, %s, true, %s, 'system',"
+        " %s, %s, %s, %s, %s WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE rule_id = %s"
+        " AND subject = %s AND started_at <= %s AND coalesce(resolved_at, 'infinity') >= %s)"
+        " ON CONFLICT DO NOTHING RETURNING id",
+        (
+            rule.rule_id, subject, ctx.device_id, ctx.site_id, ctx.region, ctx.domain,
+            fire.metric, rule.alert_kind, severity, fire.started_at, now, ended_at,
+            fire.value, fire.threshold, fire.message, rule.standard, now,
+            rule.rule_id, subject, ended_at, fire.started_at,
+        ),
+    )  # fmt: skip
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    data = {"started_at": fire.started_at.isoformat(), "severity": severity,
+            "retrospective": True, "value": fire.value, "threshold": fire.threshold}  # fmt: skip
+    await append_event(conn, row[0], "fired", "firing", now, note=fire.message, data=data)
+    await append_event(conn, row[0], "resolved", "resolved", now, note="episode found in late data",
+                       data={"resolved_at": ended_at.isoformat()})  # fmt: skip
+    return row[0]  # type: ignore[no-any-return]
 
 
 async def open_alert_id(conn: Conn, rule_id: str, subject: str) -> UUID | None:

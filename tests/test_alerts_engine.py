@@ -437,3 +437,38 @@ async def test_engine_seeds_defaults_and_reloads_rules_on_notify(
         assert rid in {r.rule_id for r in eng.rules}
         await pg_conn.execute("DELETE FROM rules WHERE rule_id = %s", (rid,))
         await pg_conn.execute("NOTIFY healthmon_rules")
+
+
+async def store_readings(conn: Conn, readings: list[Reading]) -> None:
+    """What the writer does before calling on_batch."""
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO readings (ts, device_id, metric, value, received_at)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [(r.ts, r.device_id, r.metric, r.value, r.received_at or r.ts) for r in readings],
+        )
+
+
+async def test_backlog_arriving_after_live_data_is_replayed_from_history(
+    engine: AlertEngine, pg_conn: Conn, uid: Callable[[str], str]
+) -> None:
+    fridge = device(uid, "fridge", interval_s=300)
+    await register(pg_conn, uid("site"), fridge)
+    # Live data resumes at 3 h, before the logger's backlog of 0-3 h is uploaded.
+    live = temps(fridge, [(180, 5.0)])
+    await store_readings(pg_conn, live)
+    await feed(engine, pg_conn, at(180), fridge, readings=live)
+    points = [(m, 5.0) for m in range(0, 30, 5)] + [(m, 9.5) for m in range(30, 90, 5)]
+    points += [(m, 5.0) for m in range(90, 180, 5)]
+    backlog = temps(fridge, points, received=at(185))
+    await store_readings(pg_conn, backlog)
+    await feed(engine, pg_conn, at(185), fridge, readings=backlog)
+    [alert] = await alerts_of(pg_conn, device_id=fridge.device_id)
+    assert (alert["rule_id"], alert["state"], alert["retrospective"]) == (
+        "coldchain.heat", "resolved", True)  # fmt: skip
+    assert (alert["started_at"], alert["resolved_at"]) == (at(30), at(90))
+    assert alert["detected_at"] == at(185)
+    assert await timeline(pg_conn, alert["id"]) == [("fired", "firing"), ("resolved", "resolved")]
+    # The same backlog again (another worker's replay): nothing new.
+    await feed(engine, pg_conn, at(186), fridge, readings=backlog)
+    assert len(await alerts_of(pg_conn, device_id=fridge.device_id)) == 1
