@@ -1,6 +1,6 @@
 // The live alert board: open alerts, filtered and sorted, acknowledged with a note.
 import { getAll, post } from "./api.js";
-import { DOMAINS, SEVERITIES, metricLabel, metricUnit } from "./catalogue.js";
+import { DOMAINS, SEVERITIES, isBinaryMetric, metricLabel, metricUnit } from "./catalogue.js";
 import { clear, h, toast } from "./dom.js";
 import { fmtAge, fmtNum, fmtTime, t, tOr } from "./i18n.js";
 import { compareAlerts } from "./store.js";
@@ -26,6 +26,9 @@ export function stateBadge(state) {
 export function valueText(alert) {
   const unit = metricUnit(alert.metric);
   if (alert.value === null || alert.value === undefined) return "—";
+  if (isBinaryMetric(alert.metric) && (alert.value === 0 || alert.value === 1)) {
+    return t(`binary.${alert.metric}.${alert.value}`);
+  }
   return `${fmtNum(alert.value)}${unit ? ` ${unit}` : ""}`;
 }
 

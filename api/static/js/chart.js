@@ -130,6 +130,8 @@ export function drawChart(el, series0, opts = {}) {
       width: 1.5,
       spanGaps: false,
       points: { show: xs.length < 60 },
+      // On/off metrics (door, power) hold their value until the next reading.
+      ...(opts.stepped ? { paths: uPlot.paths.stepped({ align: 1 }) } : {}),
       value: (u, v) => (v === null || v === undefined ? "—" : `${v.toFixed(2)}${unit}`),
     },
   ];

@@ -58,7 +58,10 @@ function onlineBadge(online) {
 function valueChip(v, openAlerts) {
   const unit = metricUnit(v.metric);
   const { out, limit } = outOfLimit(v, openAlerts);
-  const text = v.value === null || v.value === undefined ? "—" : fmtNum(v.value);
+  let text = v.value === null || v.value === undefined ? "—" : fmtNum(v.value);
+  if (isBinaryMetric(v.metric) && (v.value === 0 || v.value === 1)) {
+    text = t(`binary.${v.metric}.${v.value}`);
+  }
   return h(
     "span",
     {
@@ -364,7 +367,7 @@ export class DevicePage {
           if (!box.isConnected) return;
           this.markByLimits(m, limits);
           drawChart(box, data, {
-            label: metricLabel(m), unit: metricUnit(m),
+            label: metricLabel(m), unit: metricUnit(m), stepped: isBinaryMetric(m),
             limits: limitLines(alert ? alert.threshold : null, limits),
             band: alert ? [Date.parse(alert.started_at) / 1000, endMs / 1000] : null,
             xRange: [startMs / 1000, endMs / 1000], height: 220,
