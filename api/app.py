@@ -97,6 +97,7 @@ def create_app(
     pool_min_size: int = 1,
     pool_max_size: int = 10,
     listen_notifications: bool = True,
+    prepare_threshold: int | None = 5,
     sse_poll_s: float = 5.0,
     sse_heartbeat_s: float = 15.0,
     clock: Callable[[], datetime] | None = None,
@@ -114,6 +115,8 @@ def create_app(
         listen_notifications: wake the SSE stream by LISTEN on a dedicated connection;
             off for engines that allow a single connection (then it polls every
             `sse_poll_s`).
+        prepare_threshold: psycopg's server-side prepare threshold; None for engines that
+            keep prepared statements across connections (the PGlite test engine).
         clock: returns the current aware UTC time (tests pin it).
     """
     if readiness_checks is None:
@@ -136,7 +139,11 @@ def create_app(
             dsn,
             min_size=pool_min_size,
             max_size=pool_max_size,
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            kwargs={
+                "autocommit": True,
+                "row_factory": dict_row,
+                "prepare_threshold": prepare_threshold,
+            },
             open=False,
             name="api",
         )

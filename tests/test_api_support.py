@@ -49,7 +49,9 @@ class ApiEnv:
 
 async def make_keys(dsn: str, region: str) -> dict[str, str]:
     keys: dict[str, str] = {}
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(
+        dsn, autocommit=True, prepare_threshold=None
+    ) as conn:
         for role in ("admin", "operator", "viewer"):
             for limited in (False, True):
                 key_id, key, key_hash = new_api_key()
