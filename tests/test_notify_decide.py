@@ -103,7 +103,10 @@ def test_step_targets_by_tier_and_scope_plus_named_groups() -> None:
         ContactGroup(id="district", tier="district", match={"region": "310115"}),
         ContactGroup(id="ops"),
     ]
-    ids = lambda step: [g.id for g in step_targets(step, groups, LABELS)]  # noqa: E731
+
+    def ids(step: LadderStep) -> list[str]:
+        return [g.id for g in step_targets(step, groups, LABELS)]
+
     assert ids(LadderStep(tier="duty")) == ["a-duty"]
     assert ids(LadderStep(tier="head", groups=["ops"])) == ["ops", "a-head"]
     assert ids(LadderStep(tier="district")) == ["district"]

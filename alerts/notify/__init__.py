@@ -12,9 +12,10 @@ from alerts.notify.config import (
     parse_config_file,
 )
 from alerts.notify.config_store import load_config, save_config
+from alerts.notify.context import NotifyStats, RunReport
 from alerts.notify.decide import Backoff
 from alerts.notify.errors import ConfigError, DeliveryError, NotifyError
-from alerts.notify.service import Notifier, NotifyStats, RunReport
+from alerts.notify.service import Notifier
 
 __all__ = [
     "Backoff",

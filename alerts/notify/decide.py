@@ -235,7 +235,7 @@ class Backoff:
 
     def delay_s(self, attempt: int, rng: random.Random) -> float:
         """Delay before retry number `attempt` (1 = after the first failure)."""
-        full = min(self.cap_s, self.base_s * 2 ** max(0, attempt - 1))
+        full = min(self.cap_s, self.base_s * 2.0 ** max(0, attempt - 1))
         return full * (1 - self.jitter) + rng.uniform(0, full * self.jitter)
 
 

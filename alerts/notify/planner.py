@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from alerts.lifecycle import alert_to_contract_dict
 from alerts.notify import store
 from alerts.notify.config import Route
 from alerts.notify.context import RULE_NOBODY_REACHABLE, Pass, RunReport
@@ -25,7 +26,7 @@ from alerts.notify.decide import (
     route_alert,
     step_targets,
 )
-from alerts.notify.render import alert_to_contract_dict, render_message
+from alerts.notify.render import render_message
 
 logger = logging.getLogger(__name__)
 

@@ -20,6 +20,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote_plus
 
+# The engine's row -> contract dict (contract section 5 plus optional extra fields).
+
 # People read China Standard Time; the stored times stay UTC.
 CST = timezone(timedelta(hours=8), "CST")
 SEVERITY_ZH = {"critical": "严重", "warning": "警告", "info": "提示"}
@@ -43,41 +45,6 @@ DOMAIN_ZH = {
 WECOM_MARKDOWN_MAX_BYTES = 4096
 DINGTALK_TEXT_MAX_CHARS = 5000  # conservative: long messages are rejected by the robot
 MAX_LISTED_ALERTS = 20
-
-_CONTRACT_FIELDS = (
-    "id",
-    "rule_id",
-    "device_id",
-    "site_id",
-    "region",
-    "domain",
-    "metric",
-    "severity",
-    "state",
-    "started_at",
-    "acknowledged_at",
-    "acknowledged_by",
-    "resolved_at",
-    "value",
-    "threshold",
-    "message",
-)
-
-
-def alert_to_contract_dict(row: Mapping[str, Any]) -> dict[str, Any]:
-    """An `alerts` row -> the contract's alert object (section 5), times as RFC 3339.
-
-    Minimal stand-in until the engine's `alerts.alert_to_contract_dict` exists.
-    """
-    out: dict[str, Any] = {}
-    for key in _CONTRACT_FIELDS:
-        v = row.get(key)
-        if isinstance(v, datetime):
-            v = v.isoformat()
-        elif key == "id" and v is not None:
-            v = str(v)
-        out[key] = v
-    return out
 
 
 @dataclass(frozen=True, slots=True)

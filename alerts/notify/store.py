@@ -379,9 +379,10 @@ async def add_timeline(
     state: str | None = None,
 ) -> None:
     """A step on the alert's timeline; NOTIFY so the SSE stream shows it at once."""
-    await conn.execute(
+    row = await fetch_one(
+        conn,
         "INSERT INTO alert_events (alert_id, at, kind, state, actor, note, data)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
         (
             alert_id,
             now,
@@ -392,7 +393,9 @@ async def add_timeline(
             Jsonb(json.loads(json.dumps(data or {}, default=str))),
         ),
     )
-    await conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(alert_id)))
+    assert row is not None
+    # Announced at commit, with the event id, as the engine's rows are.
+    await conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(row["id"])))
 
 
 async def raise_system_alert(
