@@ -48,6 +48,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--disable-dev-shm-usage",  # containers often have a small /dev/shm
 ]
 ARTIFACTS = ROOT / "test-artifacts" / "console"
 PASSWORD = "correct horse battery staple"

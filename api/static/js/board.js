@@ -126,7 +126,9 @@ export class Board {
           "div",
           { class: "filters" },
           this.filterSelect("domain", DOMAINS, (d) => tOr(`domain.${d}`, d)),
-          this.filterSelect("region", this.regions(), (r) => r),
+          // A remembered region with no alerts or sites now still shows as selected.
+          this.filterSelect("region", [...new Set([...this.regions(), this.filters.region]
+            .filter(Boolean))].sort(), (r) => r),
           this.filterSelect("severity", SEVERITIES, (s) => tOr(`severity.${s}`, s)),
         ),
       ),

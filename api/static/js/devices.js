@@ -121,8 +121,11 @@ export class DeviceList {
   async load() {
     try {
       const devices = await getAll("/devices", {});
-      const latest = await mapLimited(devices, 6, (d) =>
-        get(`/devices/${encodeURIComponent(d.device_id)}/latest`));
+      // Last values come with the list if the API includes them, else one call each.
+      const inline = (d) => Array.isArray(d.metrics) || Array.isArray(d.latest);
+      const latest = await mapLimited(devices, 6, (d) => (inline(d)
+        ? Promise.resolve({ ...d, metrics: d.metrics ?? d.latest })
+        : get(`/devices/${encodeURIComponent(d.device_id)}/latest`)));
       devices.forEach((d, i) => this.latest.set(d.device_id, normalizeLatest(latest[i])));
       this.devices = devices;
       this.render();
