@@ -524,3 +524,61 @@ def test_alert_raised_while_the_server_was_down_appears_after_it_returns(
         assert s.errors == []
     finally:
         server.stop()
+
+
+def test_page_helpers_choose_buckets_break_gaps_order_alerts_and_mark_limits(
+    session_factory: Callable[..., Session],
+) -> None:
+    """The console's pure helpers, run in the browser as the page runs them."""
+    s = session_factory("helpers")
+    s.page.goto("/")
+    s.page.wait_for_selector("#login-form")
+    result = s.page.evaluate(
+        """async () => {
+        const chart = await import("/js/chart.js");
+        const store = await import("/js/store.js");
+        const devices = await import("/js/devices.js");
+        const H = 3600;
+        const order = [
+            {id: "a", severity: "warning", state: "firing", started_at: "2026-11-23T10:00:00Z"},
+            {id: "b", severity: "critical", state: "acknowledged",
+             started_at: "2026-11-23T11:00:00Z"},
+            {id: "c", severity: "critical", state: "firing", started_at: "2026-11-23T09:00:00Z"},
+            {id: "d", severity: "critical", state: "firing",
+             started_at: "2026-11-23T18:30:00+08:00"},
+        ].sort(store.compareAlerts).map((a) => a.id);
+        const alert = {metric: "temp_c", value: 9.4, threshold: 8};
+        const low = {metric: "free_chlorine_mgl", value: 0.1, threshold: 0.3};
+        const s = new store.AlertStore();
+        s.apply({id: "x", state: "acknowledged", severity: "critical"}, {fromStream: false});
+        const movedBack = s.apply({id: "x", state: "firing", severity: "critical"},
+                                  {fromStream: true});
+        s.apply({id: "x", state: "resolved", severity: "critical"}, {fromStream: true});
+        return {
+            buckets: [1, 6, 24, 7 * 24, 30 * 24, 365 * 24].map((h) => chart.chooseBucket(h * H)),
+            gaps: chart.withGaps([[0, 1], [60, 2], [120, 3], [600, 4], [660, 5]], 60),
+            order,
+            limits: chart.limitLines(8, {low: 2, high: 8}),
+            out: [
+                devices.outOfLimit({metric: "temp_c", value: 8.5}, [alert]).out,
+                devices.outOfLimit({metric: "temp_c", value: 7.5}, [alert]).out,
+                devices.outOfLimit({metric: "free_chlorine_mgl", value: 0.2}, [low]).out,
+                devices.outOfLimit({metric: "ph", value: 9.1, limits: {low: 6.5, high: 8.5}}, [])
+                    .out,
+                devices.outOfLimit({metric: "rh_pct", value: 50}, [alert]).out,
+            ],
+            movedBack,
+            openAfterResolve: s.open.size,
+        };
+    }"""
+    )
+    assert result["buckets"] == [None, "1m", "5m", "15m", "1h", "1d"]
+    # A bucket missing between 120 and 600 s is a gap (null), never a line across it.
+    assert result["gaps"] == [[0, 60, 120, 360, 600, 660], [1, 2, 3, None, 4, 5]]
+    # Most severe first, firing before acknowledged, then newest (10:30Z beats 09:00Z).
+    assert result["order"] == ["d", "c", "b", "a"]
+    assert result["limits"] == [8, 2]
+    assert result["out"] == [True, False, True, True, False]
+    assert result["movedBack"] is False
+    assert result["openAfterResolve"] == 0
+    assert s.errors == []
