@@ -127,8 +127,11 @@ export class DeviceList {
         ? Promise.resolve({ ...d, metrics: d.metrics ?? d.latest })
         : get(`/devices/${encodeURIComponent(d.device_id)}/latest`)));
       devices.forEach((d, i) => this.latest.set(d.device_id, normalizeLatest(latest[i])));
+      const first = this.devices === null;
       this.devices = devices;
-      this.render();
+      // A refresh redraws only the table, so typing in the search box is not disturbed.
+      if (first || !this.tableBox || !this.tableBox.isConnected) this.render();
+      else this.renderTable();
     } catch (err) {
       if (this.el) clear(this.el).append(h("p", { class: "error" }, err.message));
     }
@@ -229,9 +232,14 @@ export class DevicePage {
     this.el = root;
     clear(root).append(h("p", { class: "muted" }, t("loading")));
     this.load();
+    // A rolling range follows the clock: new readings appear without a reload.
+    this.timer = setInterval(() => {
+      if (this.range !== "custom" && !document.hidden) this.load();
+    }, 60000);
   }
 
   unmount() {
+    clearInterval(this.timer);
     this.el = null;
   }
 
