@@ -28,6 +28,7 @@ from typing import Annotated, Literal
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import Depends, Request
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from api import store
 from api.problems import ApiError
@@ -144,7 +145,19 @@ def _unauthorized(detail: str) -> ApiError:
     return ApiError(401, detail, kind="unauthorized", headers={"WWW-Authenticate": "Bearer"})
 
 
-async def authenticate(request: Request) -> Principal:
+# Declared for the OpenAPI document (security schemes); the header and cookie are read
+# below so that a malformed one gets a precise 401.
+_bearer_scheme = HTTPBearer(auto_error=False, description="an API key: `hm_<id>_<secret>`")
+_cookie_scheme = APIKeyCookie(
+    name=SESSION_COOKIE, auto_error=False, description="the console's session (POST /login)"
+)
+
+
+async def authenticate(
+    request: Request,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
+    _cookie: Annotated[str | None, Depends(_cookie_scheme)],
+) -> Principal:
     """Bearer key first, then the session cookie; 401 when neither is valid."""
     state = request.app.state
     now = state.clock()

@@ -120,7 +120,13 @@ async def _on_api_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    kind = {401: "unauthorized", 403: "forbidden", 404: "not-found", 405: "method-not-allowed"}
+    kind = {
+        400: "bad-request",
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not-found",
+        405: "method-not-allowed",
+    }
     return problem_response(
         exc.status_code,
         str(exc.detail),
@@ -154,6 +160,17 @@ async def _on_db_unavailable(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _on_data_error(request: Request, exc: Exception) -> JSONResponse:
+    # Input the database cannot take (a NUL byte in text, a number out of range) that no
+    # pydantic constraint caught: the caller's mistake, not ours.
+    return problem_response(
+        422,
+        f"a value cannot be used: {str(exc).splitlines()[0] if str(exc) else 'invalid'}",
+        instance=request.url.path,
+        kind="validation",
+    )
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error serving %s", request.url.path, exc_info=exc)
     return problem_response(500, "internal error", instance=request.url.path, kind="internal")
@@ -165,6 +182,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(psycopg.OperationalError, _on_db_unavailable)
+    app.add_exception_handler(psycopg.DataError, _on_data_error)
     app.add_exception_handler(Exception, _on_unexpected)
 
 
@@ -176,9 +194,12 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
     }
     for code, desc in (
+        (400, "the body is not parseable (not JSON)"),
         (401, "no or bad credentials"),
         (403, "the role or region does not allow this"),
         (404, "not found"),
+        (409, "conflicts with the current state (exists already, not firing, ...)"),
         (422, "a parameter or the body is invalid"),
+        (503, "the database is unavailable; retry later"),
     )
 }

@@ -15,7 +15,7 @@ router = APIRouter(prefix="/api/v1", tags=["session"])
 @router.post(
     "/login",
     response_model=Me,
-    responses={k: v for k, v in PROBLEM_RESPONSES.items() if k in (401, 422)},
+    responses={k: v for k, v in PROBLEM_RESPONSES.items() if k in (400, 401, 422, 503)},
 )
 async def login(body: LoginRequest, request: Request, response: Response) -> Me:
     """Check the password and set the session cookie (HttpOnly, SameSite=Strict)."""

@@ -253,14 +253,15 @@ async def test_timescaledb_and_plain_postgres_give_the_same_numbers(
 @pytest.mark.parametrize(
     "ts,width_s,want",
     [
-        (datetime(2026, 11, 23, 12, 7, 59, tzinfo=UTC), 300, datetime(2026, 11, 23, 12, 5, tzinfo=UTC)),
-        (datetime(2026, 11, 23, 23, 59, tzinfo=UTC), 86400, datetime(2026, 11, 23, tzinfo=UTC)),
-        (datetime(1999, 12, 31, 23, 59, tzinfo=UTC), 3600, datetime(1999, 12, 31, 23, tzinfo=UTC)),
-        (datetime(2026, 11, 23, 12, 15, tzinfo=UTC), 900, datetime(2026, 11, 23, 12, 15, tzinfo=UTC)),
+        ("2026-11-23T12:07:59+00:00", 300, "2026-11-23T12:05:00+00:00"),
+        ("2026-11-23T23:59:00+00:00", 86400, "2026-11-23T00:00:00+00:00"),
+        ("2026-11-24T07:59:00+08:00", 86400, "2026-11-23T00:00:00+00:00"),
+        ("1999-12-31T23:59:00+00:00", 3600, "1999-12-31T23:00:00+00:00"),
+        ("2026-11-23T12:15:00+00:00", 900, "2026-11-23T12:15:00+00:00"),
     ],
 )  # fmt: skip
-def test_bucket_floor_matches_date_bin(ts: datetime, width_s: int, want: datetime) -> None:
-    assert bucket_floor(ts, width_s) == want
+def test_bucket_floor_matches_date_bin(ts: str, width_s: int, want: str) -> None:
+    assert bucket_floor(datetime.fromisoformat(ts), width_s) == datetime.fromisoformat(want)
 
 
 def test_bucket_window_covers_every_overlapping_bucket() -> None:
