@@ -218,6 +218,15 @@ async def latest_readings(conn: Conn, device_id: str) -> list[Row]:
     )
 
 
+async def latest_for_devices(conn: Conn, device_ids: list[str]) -> list[Row]:
+    return await _all(
+        conn,
+        "SELECT device_id, metric, ts, value, received_at FROM latest_readings"
+        " WHERE device_id = ANY(%(ids)s::text[]) ORDER BY device_id, metric",
+        {"ids": device_ids},
+    )
+
+
 # --- alerts -------------------------------------------------------------------------------
 
 

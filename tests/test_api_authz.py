@@ -101,6 +101,7 @@ CALLS = [
     Call("PATCH", "/api/v1/devices/{device}", "admin", lambda w, r: {"name": "renamed"}),
     Call("DELETE", "/api/v1/devices/{fresh_device}", "admin"),
     Call("GET", "/api/v1/devices/{device}/latest", "viewer"),
+    Call("GET", "/api/v1/latest", "viewer"),
     Call("GET", "/api/v1/readings", "viewer", params=lambda w: {"device_id": w.device}),
     Call("GET", "/api/v1/alerts", "viewer"),
     Call("GET", "/api/v1/alerts/{alert}", "viewer"),
@@ -199,6 +200,7 @@ async def test_each_role_gets_what_it_may(
 _LISTS = {
     "/api/v1/sites": ("site_id", "site"),
     "/api/v1/devices": ("device_id", "device"),
+    "/api/v1/latest": ("device_id", "device"),
     "/api/v1/alerts": ("id", "alert"),
     "/api/v1/rules": ("rule_id", "rule"),
 }

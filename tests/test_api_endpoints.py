@@ -177,6 +177,10 @@ async def test_latest_is_per_metric_with_online_state(
     assert body["online"] is True
     assert {m["metric"]: m["value"] for m in body["metrics"]} == {"temp_c": 5.5, "door_open": 0}
     assert {m["metric"]: m["unit"] for m in body["metrics"]}["temp_c"] == "°C"
+    async with api_env.client("viewer") as c:
+        page = (await c.get("/api/v1/latest", params={"region": "r1", "limit": 5000})).json()
+    mine = [d for d in page["items"] if d["device_id"] == device_id]
+    assert len(mine) == 1 and len(mine[0]["metrics"]) == 2
 
 
 async def test_raw_readings_page_with_keyset_cursor_and_csv(
