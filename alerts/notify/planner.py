@@ -57,7 +57,8 @@ async def on_event(
         for route in routes:
             if route.id not in existing:
                 await store.start_progress(p.conn, aid, route.id, now)
-        if not routes and not existing:
+        if not routes and not existing and p.cfg.routes:
+            # With no routes at all, notifications are simply not set up: no alert for it.
             await p.nobody_reachable(alert, now, r, "no route matches the alert")
         if kind == "escalated":  # severity raised: tell whoever already knows
             for prog in existing.values():
@@ -149,15 +150,19 @@ async def record_silenced(
     silence_id: UUID,
     now: datetime,
     r: RunReport,
+    purpose: str = "fired",
 ) -> None:
+    """Ledger row `silenced` and a timeline step naming the silence, its owner and reason;
+    the progress remembers the silence so it is recorded once."""
     info = await store.silence_info(p.conn, silence_id)
+    await store.mark_silenced(p.conn, alert["id"], route.id, silence_id)
     await store.insert_notification(
         p.conn,
         batch_id=None,
         alert_ids=[alert["id"]],
         route_id=route.id,
         level=level,
-        purpose="fired",
+        purpose=purpose,
         channel_id=None,
         group_id=None,
         state="silenced",
@@ -194,7 +199,7 @@ async def flush_batches(p: Pass, now: datetime, r: RunReport) -> None:
                     continue  # acknowledged or resolved while waiting for companions
                 s = active_silence(silences, alert_labels(a), now)
                 if s is not None and route is not None:
-                    await record_silenced(p, a, route, level, s.id, now, r)
+                    await record_silenced(p, a, route, level, s.id, now, r, purpose)
                     continue
                 live.append(a)
             if live and route is not None:

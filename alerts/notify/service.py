@@ -94,7 +94,7 @@ class Notifier:
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
-        n = await store.requeue_stale_sent(self._conn, datetime.now(UTC))
+        n = await store.requeue_stale_sent(self._conn)
         if n:
             logger.warning("requeued %d notifications whose outcome a restart lost", n)
         return self

@@ -132,6 +132,13 @@ async def save_progress(
     )
 
 
+async def mark_silenced(conn: Conn, alert_id: UUID, route_id: str, silence_id: UUID) -> None:
+    await conn.execute(
+        "UPDATE notify_alert_state SET silenced_by = %s WHERE alert_id = %s AND route_id = %s",
+        (silence_id, alert_id, route_id),
+    )
+
+
 def progress_of(row: Row) -> Progress:
     return Progress(
         level=row["level"],
@@ -262,14 +269,14 @@ async def claim_due(conn: Conn, now: datetime, limit: int) -> list[Row]:
         )
 
 
-async def requeue_stale_sent(conn: Conn, now: datetime) -> int:
+async def requeue_stale_sent(conn: Conn) -> int:
     """At start: a `sent` row is one whose outcome a crash lost; send it again
-    (at-least-once) unless it has used up its attempts."""
+    (at-least-once), due from when it was claimed, unless it has used up its attempts."""
     cur = await conn.execute(
         "UPDATE notifications SET state = CASE WHEN attempts < max_attempts THEN 'queued'"
-        " ELSE 'failed' END, next_attempt_at = %s, last_error = 'outcome lost (restart)',"
-        " updated_at = %s WHERE state = 'sent'",
-        (now, now),
+        " ELSE 'failed' END, next_attempt_at = CASE WHEN attempts < max_attempts"
+        " THEN updated_at END, last_error = 'outcome lost (restart)'"
+        " WHERE state = 'sent'",
     )
     return cur.rowcount
 
