@@ -3,6 +3,7 @@ ground truth that explains every limit crossing."""
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,7 @@ from simulators import (
     build_fleet,
     parse_faults,
 )
+from simulators.faults import MALFORMED_REASONS
 from simulators.rules import RefRule, Tracker, rules_for
 
 START = datetime(2026, 11, 23, 0, 0, tzinfo=UTC).timestamp()  # 08:00 in China
@@ -30,8 +32,10 @@ HOUR, DAY = 3600.0, 86400.0
 
 # What a person looking at a chart would call normal, per domain/profile and metric.
 REALISTIC: dict[tuple[str, str], dict[str, tuple[float, float]]] = {
-    ("coldchain", "fridge"): {"temp_c": (2.5, 8.0), "rh_pct": (20, 80), "battery_v": (3.5, 4.3)},
-    ("coldchain", "freezer"): {"temp_c": (-25.0, -15.0)},
+    # A cluster of door openings may lift a fridge above 8 °C for minutes: that is why
+    # the heat rule has a 30-minute `for`; the no-natural-episode check below holds it.
+    ("coldchain", "fridge"): {"temp_c": (2.5, 9.5), "rh_pct": (20, 80), "battery_v": (3.5, 4.3)},
+    ("coldchain", "freezer"): {"temp_c": (-25.0, -14.0)},
     ("coldchain", "ultra_low"): {"temp_c": (-80.0, -60.0)},
     ("coldchain", "cold_box"): {"temp_c": (2.0, 8.0), "battery_v": (3.4, 4.3)},
     ("air", "general"): {
@@ -87,7 +91,8 @@ DOMAIN_SIZES = {"coldchain": 10, "air": 5, "water": 6, "pool": 3, "wastewater": 
 
 def samples(msg: Message) -> list[dict[str, Any]]:
     body = orjson.loads(msg.payload)
-    return body["batch"] if "batch" in body else [body]
+    batch: list[dict[str, Any]] = body.get("batch", [body])
+    return batch
 
 
 def telemetry(messages: list[Message]) -> list[tuple[Message, dict[str, Any]]]:
@@ -204,7 +209,7 @@ def test_power_cut_follows_the_warming_curve_and_expects_a_heat_alert() -> None:
     during = [v for at, v in temps if rec.start <= at < rec.end]
     # Warming: monotone apart from sensor noise, and it passes 8 °C.
     assert during[-1] > 8.0 > during[0]
-    assert all(b >= a - 0.3 for a, b in zip(during, during[1:], strict=False))
+    assert all(b >= a - 0.3 for a, b in itertools.pairwise(during))
     after = [v for at, v in temps if at > rec.end + HOUR]
     assert max(after) <= 8.0
     events = [orjson.loads(m.payload)["type"] for m in res.messages if "/event" in m.topic]
@@ -273,11 +278,7 @@ def test_delivery_and_sensor_faults_say_what_the_service_should_do(
         "offline": ("device.offline", None, False),
         "backlog": ("device.offline", None, False),
         "duplicate": (None, None, True),
-        "malformed": (
-            None,
-            "bad_json" if extra.get("variant") == "truncated" else "bad_encoding",
-            False,
-        ),
+        "malformed": (None, MALFORMED_REASONS.get(extra.get("variant", "")), False),
         "unknown_metric": (None, "unknown_metric", False),
         "clock_skew": (None, "future_timestamp", False),
         "out_of_range": ("device.sensor_fault", "out_of_physical_range", False),

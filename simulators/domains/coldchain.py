@@ -39,9 +39,9 @@ class _Cabinet:
 
 
 _CABINETS = {
-    "fridge": _Cabinet(6.3, 3.3, 0.3 / 60, 240 * 60, 1.5, 15 * 60, 7 * 3600, 15 * 60, 0.05 / 60),
+    "fridge": _Cabinet(6.0, 3.2, 0.3 / 60, 240 * 60, 1.5, 15 * 60, 7 * 3600, 15 * 60, 0.05 / 60),
     "freezer": _Cabinet(
-        -18.5, -22.0, 0.3 / 60, 600 * 60, 0.5, 20 * 60, 12 * 3600, 20 * 60, 0.15 / 60
+        -19.0, -22.5, 0.3 / 60, 600 * 60, 0.5, 20 * 60, 12 * 3600, 20 * 60, 0.15 / 60
     ),
     "ultra_low": _Cabinet(-68.0, -72.0, 0.3 / 60, 1200 * 60, 0.2, 40 * 60, 0, 0, 0),
 }
@@ -148,7 +148,7 @@ class ColdchainModel(DomainModel):
         working = 8.0 <= hour < 17.0
         if not self.door_open and working and rng.random() < cab.door_per_h * dt / 3600:
             self.door_open = True
-            self.door_until = t + rng.uniform(10, 45)
+            self.door_until = t + rng.uniform(10, 40)
             events.append((t, "door_open", {}))
         # Defrost: only right after a cooling run, so the heater starts from the cold end.
         if cab.defrost_every_s and t >= self.next_defrost:
