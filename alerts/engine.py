@@ -14,7 +14,6 @@ second open episode impossible even so.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import random
 from collections import defaultdict
@@ -295,8 +294,8 @@ class AlertEngine:
         offline_due: list[tuple[str, str]] = []
         replays: list[_Replay] = []
         for rule, subject, inp, ctx in work:
-            before = states.get((rule.rule_id, subject))
-            st = copy.deepcopy(before) if before is not None else {}
+            # Each (rule, subject) occurs once per batch: the loaded dict is ours to change.
+            st = states.get((rule.rule_id, subject), {})
             late = _late_readings(rule, st, inp)
             if late:
                 assert inp.device is not None
@@ -311,8 +310,7 @@ class AlertEngine:
             self.counters.evaluations += 1
             if subject.startswith("bag:"):
                 out.state["dev"] = ctx.device_id
-            if out.state != before or out.due is not None:
-                saves.append((rule.rule_id, subject, out.state, out.due))
+            saves.append((rule.rule_id, subject, out.state, out.due))
             if out.actions:
                 results.append((rule, subject, ctx, out.actions))
             if isinstance(rule, NoDataRule) and out.state.get("lwt") is not None:

@@ -77,6 +77,8 @@ def _fresh(readings: list[Reading], metric: str, st: State) -> list[Reading]:
 
 # ---------------------------------------------------------------- threshold
 
+MEAN_BUCKETS = 240
+
 
 def violation(rule: ThresholdRule, v: float) -> tuple[float, float] | None:
     """(distance beyond the limit, the limit) when `v` violates the rule, else None."""
@@ -109,13 +111,22 @@ def _threshold(rule: ThresholdRule, st: State, inp: Inputs, now: datetime) -> Ou
         assert r.value is not None
         v = r.value
         if rule.mean_s is not None:
-            win = [s for s in st.get("win", []) if s[0] > t - rule.mean_s]
-            win.append([t, v])
+            # Sums in MEAN_BUCKETS buckets per period keep the state small (a 24-h mean
+            # of 1-min readings would otherwise carry 1440 samples through every batch);
+            # a bucket leaves the window when its start does: within 1/240 of the period.
+            width = rule.mean_s / MEAN_BUCKETS
+            start = t - t % width
+            win = [b for b in st.get("win", []) if b[0] > t - rule.mean_s]
+            if win and win[-1][0] == start:
+                win[-1][1] += v
+                win[-1][2] += 1
+            else:
+                win.append([start, v, 1])
             st["win"] = win
             first = st.setdefault("first", t)
             if t - first < rule.mean_s * rule.mean_min_coverage:
                 continue  # the device has not reported for (most of) a whole period yet
-            v = sum(s[1] for s in win) / len(win)
+            v = sum(b[1] for b in win) / sum(b[2] for b in win)
         hit = violation(rule, v)
         if not st["active"]:
             if hit is None:

@@ -98,8 +98,7 @@ DEVICE: Final[list[dict[str, Any]]] = [
      "GSP sensor accuracy ±0.5 °C"},
     {"kind": "stuck", "rule_id": "device.stuck", "min_readings": 3, "min_duration_s": _H1,
      "tolerance": 0.0, "severity": "warning", "name": "Sensor value stuck",
-     "metrics": ["temp_c", "ph", "free_chlorine_mgl", "turbidity_ntu", "co2_ppm",
-                 "total_residual_chlorine_mgl", "orp_mv", "combined_chlorine_mgl"],
+     "metrics": [],  # every non-binary catalogue metric of the device's domain
      "standard": "GSP 附录: readings refreshed at least every minute (a frozen value is no "
      "measurement)"},
     {"kind": "site_silence", "rule_id": "site.silent", "min_devices": 2,
