@@ -62,5 +62,5 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
             return await store.load_rules(conn)
 
     for r in asyncio.run(run()):
-        print(f"{r.rule_id:40} {r.kind:14} {r.severity:8} {r.standard}")  # type: ignore[attr-defined]
+        print(f"{r.rule_id:40} {r.kind:14} {r.severity:8} {r.standard}")
     return 0

@@ -98,7 +98,7 @@ def _relevant(rule: RuleBase, inp: Inputs) -> bool:
         return bool(inp.readings)
     if rule.kind == "sensor_fault":  # type: ignore[attr-defined]
         return bool(inp.readings or inp.faults)
-    return rule.kind == "no_data"  # type: ignore[attr-defined]
+    return bool(rule.kind == "no_data")  # type: ignore[attr-defined]
 
 
 def _late_readings(rule: RuleBase, st: dict[str, Any], inp: Inputs) -> list[datetime]:
@@ -217,7 +217,7 @@ class AlertEngine:
     def rules(self) -> list[RuleBase]:
         return list(self._rules)
 
-    def _set_rules(self, rules: list[RuleBase]) -> None:
+    def _set_rules(self, rules: Sequence[RuleBase]) -> None:
         self._rules = [r for r in rules if r.enabled]
         self._by_id = {r.rule_id: r for r in self._rules}
         self._device_rules = [

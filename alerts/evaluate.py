@@ -434,12 +434,14 @@ def evaluate(rule: RuleBase, state: State, inputs: Inputs, now: datetime) -> Out
     and returned in the outcome; a rule kind with no stream input returns it unchanged."""
     from alerts import waste
 
-    fn = VALUE_EVALUATORS.get(rule.kind) or {  # type: ignore[attr-defined]
+    kind: str = getattr(rule, "kind", "")
+    bag: dict[str, Callable[[Any, State, Inputs, datetime], Outcome]] = {
         "waste_storage": waste.storage,
         "waste_weight": waste.weight,
         "waste_unsealed": waste.unsealed,
         "waste_not_stored": waste.not_stored,
-    }.get(rule.kind)  # type: ignore[attr-defined]
+    }
+    fn = VALUE_EVALUATORS.get(kind) or bag.get(kind)
     if fn is None:
         return Outcome(state)
     return fn(rule, state, inputs, now)
@@ -449,12 +451,13 @@ def on_time(rule: RuleBase, state: State, now: datetime) -> Outcome:
     """The time-driven half: called when a state's due time has passed."""
     from alerts import waste
 
-    fn: Callable[[Any, State, datetime], Outcome] | None = {
+    timed: dict[str, Callable[[Any, State, datetime], Outcome]] = {
         "no_data": no_data_on_time,
         "waste_storage": waste.storage_on_time,
         "waste_unsealed": waste.unsealed_on_time,
         "waste_not_stored": waste.not_stored_on_time,
-    }.get(rule.kind)  # type: ignore[attr-defined]
+    }
+    fn = timed.get(getattr(rule, "kind", ""))
     if fn is None:
         return Outcome(state)
     return fn(rule, state, now)

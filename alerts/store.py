@@ -334,7 +334,7 @@ async def open_alert_id(conn: Conn, rule_id: str, subject: str) -> UUID | None:
         (rule_id, subject),
     )
     row = await cur.fetchone()
-    return None if row is None else row[0]  # type: ignore[no-any-return]
+    return None if row is None else row[0]
 
 
 async def escalate_alert(

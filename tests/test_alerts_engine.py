@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -57,7 +57,7 @@ def device(uid: Callable[[str], str], profile: str, domain: str = "coldchain",
                       interval_s)  # fmt: skip
 
 
-def temps(dev: DeviceInfo, points: list[tuple[float, float]], received: datetime | None = None
+def temps(dev: DeviceInfo, points: Sequence[tuple[float, float]], received: datetime | None = None
           ) -> list[Reading]:  # fmt: skip
     # A little measurement noise (as real sensors have): constant values are `device.stuck`.
     return [

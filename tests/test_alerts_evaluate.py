@@ -4,6 +4,7 @@ explicit datetimes, state round-tripped through JSON between readings)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -44,7 +45,7 @@ def summary(actions: list[Any]) -> list[tuple[Any, ...]]:
     return out
 
 
-def stream(r: RuleBase, points: list[tuple[float, float | None]], metric: str) -> list[Any]:
+def stream(r: RuleBase, points: Sequence[tuple[float, float | None]], metric: str) -> list[Any]:
     """Feed one reading at a time, the state going through JSON in between (as via jsonb)."""
     state: dict[str, Any] = {}
     actions: list[Any] = []
@@ -56,7 +57,7 @@ def stream(r: RuleBase, points: list[tuple[float, float | None]], metric: str) -
     return summary(actions)
 
 
-def batch(r: RuleBase, points: list[tuple[float, float | None]], metric: str) -> list[Any]:
+def batch(r: RuleBase, points: Sequence[tuple[float, float | None]], metric: str) -> list[Any]:
     """All readings in one batch, shuffled: event time decides, not arrival order."""
     readings = [Reading(at(m), DEV.device_id, metric, v) for m, v in reversed(points)]
     out = evaluate(r, {}, Inputs(device=DEV, readings=readings), at(10_000))
@@ -105,7 +106,7 @@ THRESHOLD_CASES = [
 
 @pytest.mark.parametrize(("body", "points", "expected"), THRESHOLD_CASES)
 def test_threshold_fires_and_clears_where_it_should(
-    body: dict[str, Any], points: list[tuple[float, float]], expected: list[Any]
+    body: dict[str, Any], points: Sequence[tuple[float, float]], expected: list[Any]
 ) -> None:
     r = rule(**body)
     assert stream(r, points, "temp_c") == expected
@@ -142,7 +143,7 @@ H = 60  # minutes per hour
     ],
 )  # fmt: skip
 def test_cumulative_counts_only_time_out_of_range(
-    body: dict[str, Any], points: list[tuple[float, float]], expected: list[Any]
+    body: dict[str, Any], points: Sequence[tuple[float, float]], expected: list[Any]
 ) -> None:
     r = rule(**body)
     assert stream(r, points, "temp_c") == expected
@@ -161,7 +162,7 @@ def test_cumulative_counts_only_time_out_of_range(
     ],
 )  # fmt: skip
 def test_rate_of_change(
-    body: dict[str, Any], points: list[tuple[float, float]], expected: list[Any]
+    body: dict[str, Any], points: Sequence[tuple[float, float]], expected: list[Any]
 ) -> None:
     r = rule(kind="rate", metric="temp_c", window_s=900, min_span_s=300, **body)
     assert stream(r, points, "temp_c") == expected
@@ -183,7 +184,7 @@ def test_rate_of_change(
     ],
 )  # fmt: skip
 def test_stuck_value(
-    body: dict[str, Any], points: list[tuple[float, float]], expected: list[Any]
+    body: dict[str, Any], points: Sequence[tuple[float, float]], expected: list[Any]
 ) -> None:
     r = rule(kind="stuck", metrics=["temp_c"], **body)
     assert stream(r, points, "temp_c") == expected

@@ -51,8 +51,8 @@ class Feeder:
             parsed = parse_message(raw, now=raw.received_at, lookup=self.devices.get,
                                    limits=self.limits)  # fmt: skip
             for r in parsed.readings:
-                if (key := ("r", r.device_id, r.metric, r.ts)) not in self.seen:
-                    self.seen.add(key)
+                if (rkey := ("r", r.device_id, r.metric, r.ts)) not in self.seen:
+                    self.seen.add(rkey)
                     batch.readings.append(r)
             for e in parsed.events:
                 if (key := ("e", e.device_id, e.type, e.ts, e.bag_id)) not in self.seen:
