@@ -472,3 +472,22 @@ async def test_backlog_arriving_after_live_data_is_replayed_from_history(
     # The same backlog again (another worker's replay): nothing new.
     await feed(engine, pg_conn, at(186), fridge, readings=backlog)
     assert len(await alerts_of(pg_conn, device_id=fridge.device_id)) == 1
+
+
+def test_rules_load_defaults_command_upserts_the_packs(pg_dsn: str) -> None:
+    import argparse
+
+    from alerts import cli
+    from healthmon.settings import Settings
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["rules", "load-defaults"])
+    settings = Settings(database_url=pg_dsn)
+    assert args.func(args, settings) == 0
+    assert args.func(args, settings) == 0  # again: nothing changes
+    with psycopg.connect(pg_dsn) as conn:
+        rows = dict(conn.execute("SELECT rule_id, body->>'standard' FROM rules").fetchall())
+    for rid in ("coldchain.heat", "water.free_chlorine_low", "air.co2_high",
+                "wastewater.cod_high", "waste.storage_overdue", "device.stuck"):  # fmt: skip
+        assert rows[rid], rid
