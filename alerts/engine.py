@@ -14,6 +14,7 @@ second open episode impossible even so.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections import defaultdict
@@ -260,10 +261,21 @@ class AlertEngine:
         if not inputs:
             return
         devices = dict(batch.devices)
-        missing = [d for d in inputs if d not in devices]
+        # Unknown here, or known without the site's region (alerts are filtered by region).
+        missing = [
+            d
+            for d in inputs
+            if d not in devices or (devices[d].region is None and devices[d].site_id)
+        ]
         if missing:
             rows = await store.device_rows(conn, missing)
-            devices.update({d: _device_info(row) for d, row in rows.items()})
+            for d, row in rows.items():
+                known = devices.get(d)
+                devices[d] = (
+                    _device_info(row)
+                    if known is None
+                    else dataclasses.replace(known, region=row["region"])
+                )
 
         work: list[tuple[RuleBase, str, Inputs, AlertContext]] = []
         bags: dict[str, tuple[list[Event], DeviceInfo]] = {}

@@ -491,3 +491,16 @@ def test_rules_load_defaults_command_upserts_the_packs(pg_dsn: str) -> None:
     for rid in ("coldchain.heat", "water.free_chlorine_low", "air.co2_high",
                 "wastewater.cod_high", "waste.storage_overdue", "device.stuck"):  # fmt: skip
         assert rows[rid], rid
+
+
+async def test_region_comes_from_the_site_when_the_writer_does_not_know_it(
+    engine: AlertEngine, pg_conn: Conn, uid: Callable[[str], str]
+) -> None:
+    fridge = device(uid, "fridge")
+    site = uid("site")
+    await register(pg_conn, site, fridge)
+    bare = DeviceInfo(fridge.device_id, "coldchain", site, None, "fridge", 60)
+    await feed(engine, pg_conn, at(40), bare,
+               readings=temps(fridge, [(m, 9.0) for m in range(0, 45, 5)]))  # fmt: skip
+    [alert] = await alerts_of(pg_conn, device_id=fridge.device_id)
+    assert (alert["site_id"], alert["region"], alert["domain"]) == (site, "r-test", "coldchain")
