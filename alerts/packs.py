@@ -200,7 +200,7 @@ WASTE: Final[list[dict[str, Any]]] = [
     {"kind": "waste_unsealed", "rule_id": "waste.collected_unsealed", "grace_s": 600,
      "severity": "warning", "scope": {"domain": "waste"}, "standard": _WASTE_BAG,
      "name": "Bag collected without a seal record"},
-    {"kind": "waste_not_stored", "rule_id": "waste.sealed_not_stored", "limit_s": 24 * _H1,
+    {"kind": "waste_not_stored", "rule_id": "waste.sealed_not_stored", "limit_s": 48 * _H1,
      "severity": "info", "scope": {"domain": "waste"}, "standard": f"{_WASTE_12}; {_WASTE_17}",
      "name": "Bag sealed but never stored or collected"},
     _thr("waste.room_temp_high", "waste", "temp_c", "above", high=20.0, for_s=_H1,
