@@ -459,7 +459,6 @@ class SimDevice:
             x = values[m]
             if x is None:
                 continue
-            touched = True
             if f.kind == Kind.EXCURSION:
                 d = f.data
                 if f.ended_at is None:
@@ -478,6 +477,7 @@ class SimDevice:
                 values[m] = f.data["value"]
             elif f.kind == Kind.SENSOR_ERROR:
                 values[m] = None
+            touched = touched or values[m] != x
         if spike is not None and spike.metric in values and (spike.metric in derived) != first:
             m = spike.metric
             x = values[m]

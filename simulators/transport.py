@@ -122,6 +122,9 @@ class MqttTransport:
         self._clients: list[mqtt.Client] = []
         self._cond = threading.Condition()
         self._pending = 0
+        self._watch: mqtt.Client | None = None
+        self._will_waits: dict[str, tuple[bytes, threading.Event]] = {}
+        self._suback: dict[int, threading.Event] = {}
         self.sent = 0
         self.dropped_connections = 0
 
@@ -156,6 +159,10 @@ class MqttTransport:
             client.disconnect()
             client.loop_stop()
         self._clients.clear()
+        if self._watch is not None:
+            self._watch.disconnect()
+            self._watch.loop_stop()
+            self._watch = None
 
     def __enter__(self) -> MqttTransport:
         self.open()
@@ -216,7 +223,21 @@ class MqttTransport:
 
     def drop(self, device_id: str, will_topic: str, will_payload: bytes) -> None:
         """Connect as the device with its Last Will, then cut the TCP connection without
-        DISCONNECT: the broker publishes the will (retained) as for a dead link."""
+        DISCONNECT: the broker publishes the will (retained) as for a dead link.
+
+        Ordered with the device's other messages: earlier publishes are acknowledged
+        first, and this returns once the broker has published the will, so a later
+        `{"online": true}` cannot overtake it on another connection.
+        """
+        self.flush(self.connect_timeout_s)
+        watch = self._watcher()
+        seen = threading.Event()
+        with self._cond:
+            self._will_waits[will_topic] = (will_payload, seen)
+        subscribed = threading.Event()
+        self._suback[watch.subscribe(will_topic, qos=1)[1]] = subscribed
+        if not subscribed.wait(self.connect_timeout_s):
+            raise TransportError(self.host, self.port, "no SUBACK for the will topic")
         client = _client(
             f"{self.client_id_prefix}-will-{device_id}", self.username, self.password, self.tls
         )
@@ -227,7 +248,38 @@ class MqttTransport:
             with contextlib.suppress(OSError):  # already gone: the broker sees the same
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+        if not seen.wait(self.connect_timeout_s):
+            logger.warning("no Last Will seen on %s", will_topic)
+        watch.unsubscribe(will_topic)
+        with self._cond:
+            self._will_waits.pop(will_topic, None)
         self.dropped_connections += 1
+
+    def _watcher(self) -> mqtt.Client:
+        """A connection that watches will topics (made on the first drop)."""
+        if self._watch is None:
+            watch = _client(
+                f"{self.client_id_prefix}-watch", self.username, self.password, self.tls
+            )
+            _connect_blocking(watch, self.host, self.port, self.keepalive_s, self.connect_timeout_s)
+            watch.on_message = self._on_will
+            watch.on_subscribe = self._on_suback
+            watch.loop_start()
+            self._watch = watch
+        return self._watch
+
+    def _on_suback(self, c: mqtt.Client, u: Any, mid: int, rcs: Any, props: Any) -> None:
+        event = self._suback.pop(mid, None)
+        if event is not None:
+            event.set()
+
+    def _on_will(self, c: mqtt.Client, u: Any, m: mqtt.MQTTMessage) -> None:
+        # A live publish reaches an existing subscription with RETAIN 0 (MQTT 3.1.1
+        # 3.3.1.3); the retained copy a new subscription gets first has RETAIN 1.
+        with self._cond:
+            wait = self._will_waits.get(m.topic)
+        if wait is not None and not m.retain and m.payload == wait[0]:
+            wait[1].set()
 
 
 class Subscriber:
