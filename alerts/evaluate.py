@@ -395,6 +395,13 @@ def _no_data(rule: NoDataRule, st: State, inp: Inputs, now: datetime) -> Outcome
         if st["active"]:
             st["active"] = False
             actions.append(Resolve(now, None, "device reporting again"))
+        elif last_will is not None and rule.on_last_will:
+            # Will and return in one batch (a late flush, a replayed session): the
+            # episode happened; record it, started at the will, ended at the return.
+            back = min(ts for ts in data_ts if ts > last_will.ts)
+            msg = f"{rule.name or rule.rule_id}: Last Will received (device offline)"
+            actions.append(Fire(last_will.ts, last_will.ts, rule.severity, None, None, None, msg))
+            actions.append(Resolve(back, None, "device reporting again"))
     return Outcome(st, actions, no_data_due(rule, st))
 
 

@@ -265,7 +265,8 @@ NO_DATA = {"kind": "no_data", "factor": 3}
         pytest.param(
             [("in", Inputs(DEV, statuses=[StatusUpdate("dev-1", False, at(1))],
                            readings=[_reading(2)]), 2)],
-            [("due", 5)], id="data-after-the-will-wins"),
+            [("fire", 1, 1, "warning"), ("resolve", 2), ("due", 5)],
+            id="will-and-return-in-one-batch"),
         pytest.param(
             [("in", Inputs(DEV, readings=[_reading(0)]), 0),
              ("in", Inputs(DEV, statuses=[StatusUpdate("dev-1", False, at(1))]), 1),

@@ -126,9 +126,19 @@ async def test_every_fault_that_should_alert_does(pg_conn: Conn, uid: Callable[[
     truth = await play(fleet, pg_conn, hours=48)
     end = (START + timedelta(hours=48)).timestamp()
     alerts = await alerts_for(pg_conn, [s.device_id for s in fleet.specs])
+    # The simulators drop a waste device's bag events while it is offline, yet still
+    # expect their finding (reported to the simulators' owner): not expectable here.
+    offline = [(t.device_id, t.start, t.end) for t in truth if t.kind == "offline"]
+    undelivered = {
+        t.fault_id
+        for t in truth
+        if t.kind in ("unsealed_bag", "weight_mismatch")
+        and any(d == t.device_id and a <= t.start <= b for d, a, b in offline)
+    }
     expected = [
         (t, rule)
         for t in truth
+        if t.fault_id not in undelivered
         # due by the end of the run (a bag overdue at 48 h may be due after it); sensor
         # faults carry no expected time
         if t.expected_rule and (t.expected_at is None or t.expected_at <= end)
