@@ -111,6 +111,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="load mode: a fixed total rate in messages/s, real-time timestamps",
     )
     p.add_argument("--connections", type=int, default=2, help="shared MQTT connections")
+    p.add_argument(
+        "--qos",
+        type=int,
+        choices=(0, 1),
+        default=1,
+        help="QoS of telemetry and events (status is always 1); 0 for raw load tests",
+    )
     p.set_defaults(func=run)
 
 
@@ -170,6 +177,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         tls=target.tls,
         connections=args.connections,
         client_id_prefix=f"healthmon-sim-{args.prefix}",
+        telemetry_qos=args.qos,
     )
     stop = threading.Event()
     with ExitStack() as stack:

@@ -94,6 +94,8 @@ class MqttTransport:
         connections: shared connections the devices are spread over.
         client_id_prefix: client ids are `{prefix}-{i}` and `{prefix}-will-{device}`.
         max_pending: publishes not yet acknowledged before `send` blocks (backpressure).
+        telemetry_qos: override the QoS of telemetry and events (0 for raw load tests;
+            status messages and wills stay QoS 1).
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class MqttTransport:
         keepalive_s: int = 60,
         max_pending: int = 20000,
         connect_timeout_s: float = 10.0,
+        telemetry_qos: int | None = None,
     ) -> None:
         if connections < 1:
             raise ValueError("connections must be >= 1")
@@ -119,6 +122,7 @@ class MqttTransport:
         self.keepalive_s = keepalive_s
         self.max_pending = max_pending
         self.connect_timeout_s = connect_timeout_s
+        self.telemetry_qos = telemetry_qos
         self._clients: list[mqtt.Client] = []
         self._cond = threading.Condition()
         self._pending = 0
@@ -197,7 +201,10 @@ class MqttTransport:
                 self._cond.wait(1.0)
             self._pending += 1
         client = self._clients[zlib.crc32(msg.device_id.encode()) % len(self._clients)]
-        info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+        qos = msg.qos
+        if self.telemetry_qos is not None and not msg.topic.endswith("/status"):
+            qos = self.telemetry_qos
+        info = client.publish(msg.topic, msg.payload, qos=qos, retain=msg.retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             # Not queued by paho (queue full, payload too large): no acknowledgement follows.
             with self._cond:
@@ -235,7 +242,12 @@ class MqttTransport:
         with self._cond:
             self._will_waits[will_topic] = (will_payload, seen)
         subscribed = threading.Event()
-        self._suback[watch.subscribe(will_topic, qos=1)[1]] = subscribed
+        # Held across subscribe() so the SUBACK callback cannot run before we listen.
+        with self._cond:
+            rc, mid = watch.subscribe(will_topic, qos=1)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+                raise TransportError(self.host, self.port, f"subscribe failed: {rc}")
+            self._suback[mid] = subscribed
         if not subscribed.wait(self.connect_timeout_s):
             raise TransportError(self.host, self.port, "no SUBACK for the will topic")
         client = _client(
@@ -269,7 +281,8 @@ class MqttTransport:
         return self._watch
 
     def _on_suback(self, c: mqtt.Client, u: Any, mid: int, rcs: Any, props: Any) -> None:
-        event = self._suback.pop(mid, None)
+        with self._cond:
+            event = self._suback.pop(mid, None)
         if event is not None:
             event.set()
 

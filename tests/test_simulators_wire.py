@@ -53,7 +53,7 @@ class Wire:
         return [r for r in self.received if r.topic.endswith("/" + channel)]
 
     def samples(self) -> list[tuple[Received, dict[str, Any]]]:
-        out = []
+        out: list[tuple[Received, dict[str, Any]]] = []
         for r in self.on("telemetry"):
             try:
                 body = orjson.loads(r.payload)
