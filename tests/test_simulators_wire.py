@@ -376,7 +376,7 @@ def test_load_mode_holds_a_fixed_total_rate_over_few_connections(
         assert sub.wait_for(lambda got: len(got) >= 20, 10.0)
     assert stats.messages == transport.sent == 1000
     # 1000 at 2000/s: never faster than the rate; slower only when this machine is busy.
-    assert 0.49 <= stats.elapsed_s <= 1.0, stats.elapsed_s
+    assert 0.49 <= stats.elapsed_s <= 2.0, stats.elapsed_s
 
 
 def test_play_paces_simulated_time() -> None:
@@ -391,7 +391,8 @@ def test_play_paces_simulated_time() -> None:
     )
     assert stats.messages == len(sent) >= 10
     assert all(wall >= sim / 1200.0 - 0.01 for wall, sim in sent)
-    assert 0.2 <= stats.elapsed_s <= 0.6
+    assert stats.sim_end is not None
+    assert (stats.sim_end - START) / 1200.0 - 0.01 <= stats.elapsed_s <= 1.5
 
 
 async def test_async_publish_stops_when_cancelled(
