@@ -470,7 +470,9 @@ class SimDevice:
             elif f.ended_at is not None:
                 continue
             elif f.kind == Kind.DRIFT:
-                values[m] = x + f.data["per_s"] * (t - f.start)
+                # A drifting sensor pins at the end of its range; it does not go negative.
+                cat = self.catalogue[m]
+                values[m] = min(cat.high, max(cat.low, x + f.data["per_s"] * (t - f.start)))
             elif f.kind == Kind.STUCK:
                 values[m] = f.data.setdefault("stuck", x)
             elif f.kind == Kind.OUT_OF_RANGE:

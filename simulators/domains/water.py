@@ -142,5 +142,6 @@ class WaterModel(DomainModel):
 
     def derive(self, values: dict[str, float | None]) -> None:
         free = values.get("free_chlorine_mgl")
-        if free is not None:
+        # A broken free-chlorine reading says nothing about total chlorine.
+        if free is not None and 0.0 <= free <= 20.0:
             values["total_chlorine_mgl"] = free + self.combined
