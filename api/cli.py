@@ -17,10 +17,8 @@ from healthmon.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-Sub = argparse._SubParsersAction[argparse.ArgumentParser]
-
-
-def register(subparsers: Sub) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `keys`, `users` and `api` to the `healthmon` command."""
     keys = subparsers.add_parser("keys", help="API keys: create, list, revoke")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     create = keys_sub.add_parser("create", help="create a key and print it (shown only once)")
