@@ -362,8 +362,11 @@ def test_officer_sees_live_alert_acknowledges_it_and_opens_the_charts(
     s = session_factory("operator")
     page = s.page
 
-    # Sign in: Chinese by default; a wrong password is refused.
-    page.goto("/")
+    # Sign in: Chinese by default; a wrong password is refused. The page allows nothing
+    # but its own origin (it must work without the internet).
+    response = page.goto("/")
+    assert response is not None
+    assert "default-src 'self'" in response.headers["content-security-policy"]
     page.wait_for_selector("#login-form")
     assert page.inner_text("#login-submit") == "登录"
     s.shot("01-login")
