@@ -17,7 +17,7 @@ aggregates carry no per-limit counts).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
@@ -214,7 +214,7 @@ def _point(
 
 
 def limits_from_rules(
-    rules: list[Mapping[str, Any]], *, device: Mapping[str, Any], metric: str
+    rules: Sequence[Mapping[str, Any]], *, device: Mapping[str, Any], metric: str
 ) -> Limits | None:
     """The band the enabled threshold rules for this device and metric allow, or None.
 

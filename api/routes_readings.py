@@ -80,6 +80,7 @@ async def readings(
     unit = catalogue[metric].unit if metric is not None else None
     if bucket is None:
         return await _raw(state, device_id, metric, start, end, limit, cursor, format, unit)
+    assert metric is not None  # checked above: bucket needs a metric
     return await _bucketed(
         state,
         device,

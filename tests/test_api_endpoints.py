@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from api.provisioning import verify_device_password
 from tests.test_api_support import (
@@ -99,7 +100,9 @@ async def test_site_list_pages_with_a_cursor(api_env: ApiEnv, uid: Callable[[str
         seen: list[str] = []
         cursor = None
         while True:
-            params = {"region": region, "limit": 2} | ({"cursor": cursor} if cursor else {})
+            params: dict[str, Any] = {"region": region, "limit": 2}
+            if cursor:
+                params["cursor"] = cursor
             page = (await c.get("/api/v1/sites", params=params)).json()
             seen += [s["site_id"] for s in page["items"]]
             cursor = page["next_cursor"]
@@ -229,7 +232,7 @@ async def test_readings_parameters_are_validated(
 ) -> None:
     _, device_id = await seed_site_device(api_env.dsn, uid, region="r1")
     base = {"device_id": device_id}
-    cases = [
+    cases: list[tuple[str, dict[str, Any]]] = [
         ("query.start", {"start": "2026-11-23T00:00:00Z", "end": "2026-11-22T00:00:00Z"}),
         ("query.bucket", {"bucket": "2h", "metric": "temp_c"}),
         ("query.agg", {"bucket": "1h", "agg": "median", "metric": "temp_c"}),

@@ -38,11 +38,11 @@ def _rows(device_id: str) -> list[tuple[Any, ...]]:
     ]
 
 
-HEAT_RULE = {
+HEAT_RULE: dict[str, Any] = {
     "kind": "threshold", "metric": "temp_c", "op": "above", "high": 8.0,
     "scope": {"domain": "coldchain"},
 }  # fmt: skip
-FREEZE_RULE = {
+FREEZE_RULE: dict[str, Any] = {
     "kind": "threshold", "metric": "temp_c", "op": "below", "low": 2.5,
     "scope": {"domain": "coldchain", "profiles": ["fridge"]},
 }  # fmt: skip
