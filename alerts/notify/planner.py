@@ -136,7 +136,9 @@ async def schedule(p: Pass, now: datetime, r: RunReport) -> datetime | None:
             new = applied(progress, action, now) if action is not None else progress
             if action is not None:
                 await store.save_progress(p.conn, aid, route.id, new, done=False)
-            due = next_due_at(new, route)
+            # A muted or held-back alert waits for its silence or site alert to end, which
+            # the periodic scan notices; its overdue rung must not make the loop spin.
+            due = None if silence or row["suppressed_by"] else next_due_at(new, route)
             if due is not None and (soonest is None or due < soonest):
                 soonest = due
     return soonest

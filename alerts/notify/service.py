@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 
 import psycopg
+from pydantic import ValidationError
 
 from alerts.notify import config_store, planner, store
 from alerts.notify.channels import ChannelSet
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 # escalated_notify, silenced, notify_failed) are passed over, so they never re-trigger
 # a notification.
 ACT_KINDS = frozenset({"fired", "escalated", "acknowledged", "resolved"})
+# The shortest pause between passes, so a due time that stays in the past cannot spin.
+MIN_WAIT_S = 0.05
 
 
 class Notifier:
@@ -123,7 +126,13 @@ class Notifier:
         version = await config_store.config_version(self.conn)
         if not force and version == self._cfg_version:
             return
-        self._cfg_version, self._cfg = await config_store.load_config(self.conn)
+        try:
+            self._cfg_version, self._cfg = await config_store.load_config(self.conn)
+        except ValidationError as exc:  # written by hand around `notify load`: keep the old
+            logger.error("stored notification config %s is invalid, keeping %s: %s",
+                         version, self._cfg_version, exc)  # fmt: skip
+            self._cfg_version = version
+            return
         assert self._channels is not None
         await self._channels.retain_only({c.id for c in self._cfg.channels})
         logger.info("notification config %s loaded", self._cfg_version)
@@ -163,17 +172,20 @@ class Notifier:
             try:
                 report = await self.run_once(datetime.now(UTC))
                 attempt = 0
-            except psycopg.OperationalError as exc:
+            except psycopg.Error as exc:
+                # Heal at run time: an outage (or a statement failing on odd data) is
+                # retried with backoff; every step's transaction was rolled back.
                 attempt += 1
                 delay = backoff.delay_s(attempt, self._rng)
-                logger.warning("notifier database error (%s); retrying in %.1fs", exc, delay)
+                logger.warning("notifier database error (%r); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                await self._reconnect()
+                if self._conn is None or self._conn.closed or self._conn.broken:
+                    await self._reconnect()
                 continue
             timeout = self._poll_interval_s
             if report.next_due_at is not None:
                 due_in = (report.next_due_at - datetime.now(UTC)).total_seconds()
-                timeout = max(0.0, min(timeout, due_in))
+                timeout = max(MIN_WAIT_S, min(timeout, due_in))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
