@@ -9,6 +9,7 @@ from alerts.lifecycle import (
     alert_to_contract_dict,
     resolve_manually,
 )
+from alerts.notify import Notifier, NotifyConfig, NotifyStats
 from alerts.packs import PACKS, default_rules
 from alerts.rules import Rule, RuleBase, Scope, parse_rule
 
@@ -19,6 +20,9 @@ __all__ = [
     "LifecycleError",
     "ManualResolveNotAllowed",
     "NoteRequired",
+    "Notifier",
+    "NotifyConfig",
+    "NotifyStats",
     "Rule",
     "RuleBase",
     "Scope",
