@@ -17,6 +17,7 @@ from healthmon.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `keys`, `users` and `api` to the `healthmon` command."""
     keys = subparsers.add_parser("keys", help="API keys: create, list, revoke")

@@ -68,7 +68,11 @@ async def metrics(request: Request) -> PlainTextResponse:
     state = request.app.state
     lines: list[str] = []
     for source in state.metrics_sources:
-        text = source()
+        try:
+            text = source()
+        except Exception:  # one broken source must not hide the others (logged)
+            logger.exception("metrics source %r failed", source)
+            continue
         lines.append(text.rstrip("\n"))
     try:
         async with state.pool.connection(timeout=_CHECK_TIMEOUT_S) as conn:

@@ -39,7 +39,14 @@ async def test_metrics_include_the_ingest_sources_and_alerts_by_state(
 ) -> None:
     site_id, device_id = await seed_site_device(api_env.dsn, uid, region="r-metrics")
     await seed_alert(api_env.dsn, device_id, site_id, "r-metrics")
-    api_env.app.state.metrics_sources = (lambda: "healthmon_ingest_messages_total 42\n",)
+
+    def broken() -> str:
+        raise RuntimeError("source failed")
+
+    api_env.app.state.metrics_sources = (
+        broken,
+        lambda: "healthmon_ingest_messages_total 42\n",
+    )
     try:
         async with api_env.client() as c:
             text = (await c.get("/metrics")).text
