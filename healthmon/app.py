@@ -42,6 +42,7 @@ def build_ingest(settings: Settings, *, alert_hook: AlertHook | None = None) -> 
         keepalive_s=settings.mqtt_keepalive_s,
         receive_maximum=settings.mqtt_receive_maximum,
         session_expiry_s=settings.mqtt_session_expiry_s,
+        protocol=settings.mqtt_protocol,
     )
     writer = Writer(
         dsn=settings.dsn(),

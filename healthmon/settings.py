@@ -36,6 +36,7 @@ class Settings(BaseSettings):
         default=None, description="subscribe as $share/{group}/... so several workers split load"
     )
     mqtt_keepalive_s: int = 30
+    mqtt_protocol: str = Field(default="5", description="'5', or '3.1.1' for brokers without v5")
     mqtt_session_expiry_s: int = Field(
         default=7 * 24 * 3600, description="how long the broker keeps our session while we're away"
     )

@@ -80,6 +80,7 @@ class MqttIntake:
         reconnect_max_s: float = 30.0,
         connect_timeout_s: float = 10.0,
         session_expiry_s: int = SESSION_EXPIRY_S,
+        protocol: str = "5",
     ) -> None:
         self._host, self._port = host, port
         self._client_id = client_id
@@ -92,6 +93,9 @@ class MqttIntake:
         self._reconnect = (reconnect_min_s, reconnect_max_s)
         self._connect_timeout_s = connect_timeout_s
         self._session_expiry_s = session_expiry_s
+        if protocol not in ("5", "3.1.1"):
+            raise ValueError(f"MQTT protocol must be '5' or '3.1.1', got {protocol!r}")
+        self._v5 = protocol == "5"
         self.stats = MqttStats()
         self._generation = 0
         self._connected = threading.Event()
@@ -111,12 +115,21 @@ class MqttIntake:
     async def __aenter__(self) -> MqttIntake:
         self._loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue(self._queue_max)
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self._client_id,
-            protocol=paho.MQTTv5,
-            manual_ack=True,
-        )
+        if self._v5:
+            client = paho.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=self._client_id,
+                protocol=paho.MQTTv5,
+                manual_ack=True,
+            )
+        else:  # MQTT 3.1.1 brokers (the embedded one): a persistent session via clean_session
+            client = paho.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=self._client_id,
+                protocol=paho.MQTTv311,
+                clean_session=False,
+                manual_ack=True,
+            )
         if self._username:
             client.username_pw_set(self._username, self._password)
         if self._tls:
@@ -125,18 +138,21 @@ class MqttIntake:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self._session_expiry_s
-        props.ReceiveMaximum = self._receive_maximum
         self._client = client
         try:
-            client.connect(
-                self._host,
-                self._port,
-                keepalive=self._keepalive_s,
-                clean_start=False,
-                properties=props,
-            )
+            if self._v5:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self._session_expiry_s
+                props.ReceiveMaximum = self._receive_maximum
+                client.connect(
+                    self._host,
+                    self._port,
+                    keepalive=self._keepalive_s,
+                    clean_start=False,
+                    properties=props,
+                )
+            else:
+                client.connect(self._host, self._port, keepalive=self._keepalive_s)
         except OSError as exc:
             raise BrokerError(
                 f"cannot reach the broker at {self._host}:{self._port}: {exc}"

@@ -1,0 +1,367 @@
+"""Sustained end-to-end intake, next to two ceilings measured in the same run.
+
+    python benchmarks/bench_ingest.py [--messages 60000] [--devices 200] [--inflight 20,1000]
+                                      [--batch-rows 5000] [--soak-s 0]
+
+1. bare subscriber: a paho-mqtt subscriber at QoS 1 that only receives and parses
+   (orjson) the same messages: the ceiling of the broker + client library here;
+2. bare COPY: the same rows written by psycopg binary COPY into `readings`;
+3. the pipeline: `healthmon ingest` as its own process, from the first publish to the
+   last committed row (polled by count).
+
+Each runs against a Mosquitto of our own on a free port (deploy/mosquitto-bench.conf,
+large queues, in-flight window as given) and a throwaway database on the machine's
+PostgreSQL. The publisher is a separate process, on the same machine. Results are
+printed and appended to benchmarks/results/ingest.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ingest import migrate  # noqa: E402
+
+ADMIN = os.environ.get("HEALTHMON_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_broker(inflight: int, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    conf = (ROOT / "deploy" / "mosquitto-bench.conf").read_text()
+    conf = conf.replace("@PORT@", str(port)).replace("@INFLIGHT@", str(inflight))
+    path = tmp / f"mosquitto-{port}.conf"
+    path.write_text(conf)
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen(
+        [exe, "-c", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("benchmark broker did not start")
+
+
+def message(i: int, devices: int) -> tuple[str, bytes]:
+    dev = f"bench-{i % devices:05d}"
+    ts = T0 + timedelta(seconds=i // devices)
+    body = {
+        "ts": ts.isoformat(),
+        "seq": i,
+        "values": {"temp_c": 4.0 + (i % 7) / 10, "battery_v": 3.6},
+    }
+    return f"hm/v1/coldchain/{dev}/telemetry", orjson.dumps(body)
+
+
+def publisher(port: int, n: int, devices: int, ready: object) -> None:
+    """Publish n QoS 1 messages as fast as the broker takes them."""
+    import paho.mqtt.client as paho  # noqa: PLC0415
+    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{secrets.token_hex(3)}")
+    c.max_inflight_messages_set(1000)
+    c.max_queued_messages_set(0)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    infos = []
+    for i in range(n):
+        topic, body = message(i, devices)
+        infos.append(c.publish(topic, body, qos=1))
+    for info in infos:
+        info.wait_for_publish(120)
+    c.disconnect()
+    c.loop_stop()
+
+
+def bare_subscriber(port: int, n: int, out: object) -> None:
+    """Receive n messages at QoS 1 and parse each; report (first, last) receive times."""
+    import paho.mqtt.client as paho  # noqa: PLC0415
+    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+    state = {"n": 0, "first": 0.0, "last": 0.0}
+
+    def on_message(_c: object, _u: object, msg: paho.MQTTMessage) -> None:
+        orjson.loads(msg.payload)
+        if state["n"] == 0:
+            state["first"] = time.monotonic()
+        state["n"] += 1
+        state["last"] = time.monotonic()
+
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", protocol=paho.MQTTv5)
+    c.on_message = on_message
+    c.on_connect = lambda cl, *_: cl.subscribe("hm/v1/+/+/+", qos=1)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    deadline = time.monotonic() + 600
+    while state["n"] < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    c.loop_stop()
+    out.put((state["n"], state["first"], state["last"]))  # type: ignore[attr-defined]
+
+
+def run_bare_subscriber(n: int, devices: int, inflight: int, tmp: Path) -> float:
+    broker, port = start_broker(inflight, tmp)
+    try:
+        q: mp.Queue[tuple[int, float, float]] = mp.Queue()
+        sub = mp.Process(target=bare_subscriber, args=(port, n, q))
+        sub.start()
+        time.sleep(1.0)
+        t_pub = time.monotonic()
+        pub = mp.Process(target=publisher, args=(port, n, devices, None))
+        pub.start()
+        got, _first, last = q.get(timeout=900)
+        pub.join()
+        sub.join()
+        return got / (last - t_pub)
+    finally:
+        broker.terminate()
+        broker.wait()
+
+
+def rows_for(n: int, devices: int) -> list[tuple[object, ...]]:
+    now = datetime.now(UTC)
+    rows = []
+    for i in range(n):
+        dev = f"bench-{i % devices:05d}"
+        ts = T0 + timedelta(seconds=i // devices)
+        rows.append((ts, dev, "temp_c", 4.0 + (i % 7) / 10, i, now, False))
+        rows.append((ts, dev, "battery_v", 3.6, i, now, False))
+    return rows
+
+
+async def run_bare_copy(dsn: str, n: int, devices: int) -> float:
+    rows = rows_for(n, devices)
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        t = time.monotonic()
+        async with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY readings (ts, device_id, metric, value, seq, received_at, ts_estimated)"
+                " FROM STDIN (FORMAT BINARY)"
+            ) as copy,
+        ):
+            copy.set_types(["timestamptz", "text", "text", "float8", "int8", "timestamptz", "bool"])
+            for row in rows:
+                await copy.write_row(row)
+        await conn.commit()
+        elapsed = time.monotonic() - t
+        await conn.execute("TRUNCATE readings")
+        await conn.commit()
+    return n / elapsed  # messages' worth of rows per second
+
+
+async def count_rows(dsn: str) -> int:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute("SELECT count(*) FROM readings")
+        return int((await cur.fetchone())[0])  # type: ignore[index]
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+async def run_pipeline(
+    dsn: str, n: int, devices: int, inflight: int, batch_rows: int, tmp: Path
+) -> tuple[float, list[float]]:
+    broker, port = start_broker(inflight, tmp)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHMON_")}
+    env.update(
+        HEALTHMON_DATABASE_URL=dsn,
+        HEALTHMON_MQTT_URL=f"mqtt://127.0.0.1:{port}",
+        HEALTHMON_MQTT_CLIENT_ID="bench-ingest",
+        HEALTHMON_BATCH_MAX_ROWS=str(batch_rows),
+        HEALTHMON_DEVICE_RATE_LIMIT_PER_S="0",
+        HEALTHMON_MQTT_RECEIVE_MAXIMUM="65535",
+    )
+    log = (tmp / "ingest.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "healthmon.cli", "ingest"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    rss: list[float] = []
+    try:
+        for _ in range(200):
+            if b"connected to" in (tmp / "ingest.log").read_bytes():
+                break
+            await asyncio.sleep(0.05)
+        t_pub = time.monotonic()
+        pub = mp.Process(target=publisher, args=(port, n, devices, None))
+        pub.start()
+        expected = 2 * n
+        got = 0
+        while got < expected:
+            await asyncio.sleep(0.05)
+            got = await count_rows(dsn)
+            rss.append(rss_mb(proc.pid))
+            if time.monotonic() - t_pub > 900:
+                raise RuntimeError(f"pipeline stalled at {got}/{expected} rows")
+        elapsed = time.monotonic() - t_pub
+        pub.join()
+        return n / elapsed, rss
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        broker.terminate()
+        broker.wait()
+
+
+async def soak(dsn: str, seconds: float, rate: int, devices: int, tmp: Path) -> list[float]:
+    """Publish at a fixed rate for `seconds`; sample the intake's memory each 5 s."""
+    broker, port = start_broker(1000, tmp)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHMON_")}
+    env.update(
+        HEALTHMON_DATABASE_URL=dsn,
+        HEALTHMON_MQTT_URL=f"mqtt://127.0.0.1:{port}",
+        HEALTHMON_MQTT_CLIENT_ID="bench-soak",
+        HEALTHMON_DEVICE_RATE_LIMIT_PER_S="0",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "healthmon.cli", "ingest"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    samples: list[float] = []
+    try:
+        await asyncio.sleep(2)
+        chunk = rate * 5
+        i = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            t = time.monotonic()
+            pub = mp.Process(target=_publish_range, args=(port, i, chunk, devices))
+            pub.start()
+            await asyncio.to_thread(pub.join)
+            i += chunk
+            samples.append(rss_mb(proc.pid))
+            await asyncio.sleep(max(0.0, 5 - (time.monotonic() - t)))
+        return samples
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        broker.terminate()
+        broker.wait()
+
+
+def _publish_range(port: int, start: int, n: int, devices: int) -> None:
+    import paho.mqtt.client as paho  # noqa: PLC0415
+    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"soak-{start}")
+    c.max_inflight_messages_set(1000)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    infos = [c.publish(*message(i, devices), qos=1) for i in range(start, start + n)]
+    for info in infos:
+        info.wait_for_publish(60)
+    c.disconnect()
+    c.loop_stop()
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=60000)
+    ap.add_argument("--devices", type=int, default=200)
+    ap.add_argument("--inflight", default="20,1000", help="broker in-flight windows to try")
+    ap.add_argument("--batch-rows", default="5000", help="writer batch sizes to try")
+    ap.add_argument("--soak-s", type=float, default=0, help="also a soak run of this length")
+    ap.add_argument("--soak-rate", type=int, default=2000)
+    args = ap.parse_args()
+    name = f"healthmon_bench_{secrets.token_hex(3)}"
+    with psycopg.connect(ADMIN, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    dsn = ADMIN.rsplit("/", 1)[0] + "/" + name
+    lines: list[str] = []
+    try:
+        await migrate(dsn, retention_days=30)
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute("INSERT INTO sites (site_id, region) VALUES ('bench', 'bench')")
+            await conn.execute(
+                "INSERT INTO devices (device_id, domain, site_id, profile)"
+                " SELECT 'bench-' || lpad(g::text, 5, '0'), 'coldchain', 'bench', 'fridge'"
+                " FROM generate_series(0, %s - 1) g",
+                (args.devices,),
+            )
+        n, d = args.messages, args.devices
+        with tempfile.TemporaryDirectory() as td:
+            tmp = Path(td)
+            copy_rate = await run_bare_copy(dsn, n, d)
+            lines.append(
+                f"| bare COPY (2 rows/message) | {copy_rate:,.0f} msg/s "
+                f"({2 * copy_rate:,.0f} rows/s) | |"
+            )
+            for inflight in [int(x) for x in args.inflight.split(",")]:
+                bare = run_bare_subscriber(n, d, inflight, tmp)
+                lines.append(
+                    f"| bare paho subscriber, QoS 1, in-flight {inflight} | {bare:,.0f} msg/s | |"
+                )
+                for batch in [int(x) for x in args.batch_rows.split(",")]:
+                    rate, rss = await run_pipeline(dsn, n, d, inflight, batch, tmp)
+                    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+                        await conn.execute("TRUNCATE readings, latest_readings")
+                        await conn.commit()
+                    lines.append(
+                        f"| pipeline, in-flight {inflight}, batch {batch} rows | "
+                        f"{rate:,.0f} msg/s ({2 * rate:,.0f} readings/s) | "
+                        f"{rate / bare:.0%} of bare subscriber; RSS {min(rss):.0f}-"
+                        f"{max(rss):.0f} MB |"
+                    )
+                    print(lines[-1], flush=True)
+            if args.soak_s:
+                samples = await soak(dsn, args.soak_s, args.soak_rate, d, tmp)
+                lines.append(
+                    f"| soak {args.soak_s:.0f} s at {args.soak_rate} msg/s | RSS "
+                    f"first {samples[0]:.0f} MB, last {samples[-1]:.0f} MB, "
+                    f"max {max(samples):.0f} MB | |"
+                )
+    finally:
+        with psycopg.connect(ADMIN, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    header = (
+        f"\n## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {n} messages, {d} devices, "
+        f"2 readings/message, {os.cpu_count()} cores\n\n| what | rate | note |\n|---|---|---|"
+    )
+    text = header + "\n" + "\n".join(lines) + "\n"
+    print(text)
+    out = ROOT / "benchmarks" / "results" / "ingest.md"
+    out.parent.mkdir(exist_ok=True)
+    with out.open("a") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
