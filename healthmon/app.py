@@ -10,9 +10,11 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import psycopg
 
+from healthmon.metrics import counters_source
 from healthmon.settings import Settings
 from ingest import SchemaError, check_schema
 from ingest.backoff import Backoff
@@ -101,27 +103,47 @@ async def serve(
     *,
     api: bool = True,
     ingest: bool = True,
+    notifier: bool | None = None,
     extra: list[Callable[[], Awaitable[None]]] | None = None,
 ) -> None:
-    """Run the chosen components until cancelled. Fails fast on misconfiguration."""
+    """Run the chosen components until cancelled. Fails fast on misconfiguration.
+
+    The intake carries the alert engine (rules are evaluated in the writer's
+    transaction); the notifier delivers from the alert outbox. With several ingest
+    workers, run the notifier on one of them (HEALTHMON_RUN_NOTIFIER=false elsewhere).
+    """
+    from alerts import AlertEngine, Notifier
+
     backend = await _check_database(settings.dsn())
     logger.info("database ok (backend: %s)", backend)
+    run_notifier = settings.run_notifier if notifier is None else notifier
     async with contextlib.AsyncExitStack() as stack:
         # Everything is opened before any task starts: a start-up failure is reported
         # as itself, not as an exception group.
         metrics_sources: list[Callable[[], str]] = []
         jobs: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if ingest:
-            pipeline = await stack.enter_async_context(build_ingest(settings))
+            engine = await stack.enter_async_context(AlertEngine(settings.dsn()))
+            metrics_sources.append(
+                counters_source("healthmon_alerts_engine", lambda: engine.counters)
+            )
+            pipeline = await stack.enter_async_context(build_ingest(settings, alert_hook=engine))
             metrics_sources.append(pipeline.metrics)
             jobs.append(("ingest.pipeline", pipeline.run))
             if backend == "postgres":
                 jobs.append(("ingest.partitions", lambda: _partition_loop(settings)))
+        if run_notifier:
+            notify = await stack.enter_async_context(Notifier(dsn=settings.dsn()))
+            metrics_sources.append(counters_source("healthmon_notify", lambda: notify.stats))
+            jobs.append(("alerts.notify", notify.run))
         if api:
-            from api import create_app  # noqa: PLC0415 - only when serving the API
-            import uvicorn  # noqa: PLC0415
+            import uvicorn
 
-            app = create_app(settings, metrics_sources=metrics_sources)
+            from api import create_app
+
+            app = create_app(
+                settings, metrics_sources=metrics_sources, provisioner=_provisioner(settings)
+            )
             config = uvicorn.Config(
                 app, host=settings.api_host, port=settings.api_port, log_level="info", lifespan="on"
             )
@@ -135,7 +157,18 @@ async def serve(
                 tg.create_task(job(), name=name)
 
 
-def run_service(settings: Settings, *, api: bool, ingest: bool) -> int:
+def _provisioner(settings: Settings) -> Any:
+    """The broker provisioner (Mosquitto dynamic security) when configured, else None."""
+    try:
+        from api.broker_provisioning import provisioner_from_settings
+    except ImportError:
+        return None
+    return provisioner_from_settings(settings)
+
+
+def run_service(
+    settings: Settings, *, api: bool, ingest: bool, notifier: bool | None = None
+) -> int:
     """Entry point for `healthmon serve | ingest | api`: runs until SIGTERM/SIGINT."""
 
     async def main() -> None:
@@ -145,7 +178,7 @@ def run_service(settings: Settings, *, api: bool, ingest: bool) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
-            await serve(settings, api=api, ingest=ingest)
+            await serve(settings, api=api, ingest=ingest, notifier=notifier)
         logger.info("stopped cleanly")
 
     try:

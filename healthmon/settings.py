@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
@@ -43,6 +44,14 @@ class Settings(BaseSettings):
     mqtt_receive_maximum: int = Field(
         default=1000, description="in-flight QoS 1 window we ask the broker for (MQTT 5)"
     )
+    broker_admin_url: SecretStr | None = Field(
+        default=None,
+        description="mqtt://admin:pass@host:port of a Mosquitto dynamic-security admin; "
+        "set, device create/delete/disable provisions the broker (docs/deploy.md)",
+    )
+    broker_ca_file: str | None = Field(
+        default=None, description="CA bundle to verify the broker when broker_admin_url is mqtts://"
+    )
 
     # Writer
     batch_max_rows: int = 5000
@@ -51,6 +60,20 @@ class Settings(BaseSettings):
     write_method: str = Field(
         default="copy", description="copy (COPY FROM STDIN) or insert (engines without COPY)"
     )
+
+    # Reliability (docs/reliability.md): the disk spool used while the database is down.
+    spool_dir: Path | None = Field(
+        default=None, description="spool directory, one per ingest worker; unset: no spool"
+    )
+    spool_max_bytes: int = Field(
+        default=1 << 30, description="spool cap; when full, intake stops acknowledging"
+    )
+    spool_segment_bytes: int = 8 << 20
+    db_retry_base_s: float = Field(default=0.2, description="database retry backoff: first delay")
+    db_retry_cap_s: float = Field(default=30.0, description="database retry backoff: cap")
+    db_connect_timeout_s: float = 10.0
+    mqtt_reconnect_min_s: float = Field(default=1.0, description="broker reconnect backoff: first")
+    mqtt_reconnect_max_s: float = Field(default=30.0, description="broker reconnect backoff: cap")
 
     # Validation
     max_payload_bytes: int = 256 * 1024
@@ -68,6 +91,10 @@ class Settings(BaseSettings):
     compress_after_days: int = 7
     partition_days: int = 7  # plain-PostgreSQL partition width
     partitions_ahead: int = 4
+
+    run_notifier: bool = Field(
+        default=True, description="deliver notifications from this process (one per fleet)"
+    )
 
     # API
     api_host: str = "127.0.0.1"
