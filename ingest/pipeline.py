@@ -3,6 +3,13 @@
 `Ingest` is an async context manager; `run()` loops until cancelled and drains on
 the way out: the messages already received are written and acknowledged, the rest
 stay at the broker in our persistent session.
+
+Database outage (with a spool configured): a batch the database cannot take goes to
+the disk spool (`ingest/spool.py`) and is acknowledged after the fsync; while the
+spool holds anything, new batches queue behind it there, and `ingest.spool_replay`
+writes it back in order once the database answers. A full spool waits for room, so
+acknowledgements stop and the broker keeps the messages. Without a spool, the batch
+is retried with backoff while its acknowledgements are held.
 """
 
 from __future__ import annotations
@@ -17,11 +24,12 @@ from datetime import UTC, datetime
 import psycopg
 
 from ingest.backoff import Backoff
-from ingest.model import DeviceInfo, ParsedMessage, Reason, Rejection
+from ingest.model import DeviceInfo, ParsedMessage, RawMessage, Reason, Rejection
 from ingest.mqtt import Delivery, MqttIntake
 from ingest.payloads import Limits, parse_message, parse_topic
 from ingest.ratelimit import RateLimiter
 from ingest.registry import Registry
+from ingest.spool import FLAG_RATE_LIMITED, Segment, Spool, SpooledMessage
 from ingest.writer import AlertHook, Writer
 
 logger = logging.getLogger(__name__)
@@ -62,6 +70,7 @@ class Ingest:
         rate_limiter: RateLimiter | None = None,
         backoff: Backoff | None = None,
         registry_refresh_s: float = 15.0,
+        spool: Spool | None = None,
     ) -> None:
         self.intake = intake
         self.writer = writer
@@ -72,12 +81,16 @@ class Ingest:
         self._backoff = backoff or Backoff()
         self._refresh_s = registry_refresh_s
         self.registry = Registry()
+        self.spool = spool
         self._reg_conn: psycopg.AsyncConnection[object] | None = None
         self.messages_processed = 0
         self.db_retries = 0
         self.db_healthy = False
 
     async def __aenter__(self) -> Ingest:
+        if self.spool is not None:
+            # Opened first: a spool left by a crash is replayed before anything newer.
+            await self.spool.__aenter__()
         self._reg_conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
         n = await self.registry.load(self._reg_conn)
         logger.info("registry: %d devices", n)
@@ -93,15 +106,20 @@ class Ingest:
             await self.writer.close()
             if self._reg_conn is not None:
                 await self._reg_conn.close()
+            if self.spool is not None:
+                await self.spool.__aexit__(*exc)
 
     async def run(self, *, max_messages: int | None = None) -> None:
         """Process until cancelled (or `max_messages`, for tests); drains on cancellation."""
         async with asyncio.TaskGroup() as tg:
-            refresher = tg.create_task(self._refresh_loop(), name="ingest.registry_refresh")
+            helpers = [tg.create_task(self._refresh_loop(), name="ingest.registry_refresh")]
+            if self.spool is not None:
+                helpers.append(tg.create_task(self._replay_loop(), name="ingest.spool_replay"))
             try:
                 await self._intake_loop(max_messages)
             finally:
-                refresher.cancel()
+                for task in helpers:
+                    task.cancel()
 
     async def _intake_loop(self, max_messages: int | None) -> None:
         pending: list[tuple[Delivery, ParsedMessage]] = []
@@ -137,12 +155,19 @@ class Ingest:
             raise
 
     async def _parse(self, d: Delivery) -> ParsedMessage:
-        msg = d.message
+        return await self._parse_raw(d.message, rate_limited=None)
+
+    async def _parse_raw(self, msg: RawMessage, *, rate_limited: bool | None) -> ParsedMessage:
+        """Parse one message; `rate_limited` None asks the limiter, a bool replays its verdict."""
         now = datetime.now(UTC)
         topic = parse_topic(msg.topic)
         if not isinstance(topic, str):
             device_id = topic[1]
-            if self._limiter and not self._limiter.allow(device_id, time.monotonic()):
+            if rate_limited is None:
+                rate_limited = bool(
+                    self._limiter and not self._limiter.allow(device_id, time.monotonic())
+                )
+            if rate_limited:
                 out = ParsedMessage(domain=topic[0], device_id=device_id)
                 out.rejections.append(
                     Rejection(
@@ -166,19 +191,42 @@ class Ingest:
         return parsed
 
     async def _commit(self, pending: list[tuple[Delivery, ParsedMessage]]) -> None:
-        """Write the batch (retrying through database outages), then acknowledge it."""
-        items = [p for _, p in pending]
+        """Write the batch (or spool it through a database outage), then acknowledge it."""
+        if self.spool is not None and (self.spool.pending or not self.db_healthy):
+            await self._to_spool(pending)  # behind what is already spooled, in order
+        else:
+            await self._write_batch([p for _, p in pending], spill=pending)
+        for d, _ in pending:
+            self.intake.ack(d)
+        self.messages_processed += len(pending)
+
+    async def _to_spool(self, pending: list[tuple[Delivery, ParsedMessage]]) -> None:
+        assert self.spool is not None
+        await self.spool.append([_spooled(d, p) for d, p in pending])
+
+    async def _write_batch(
+        self,
+        items: list[ParsedMessage],
+        *,
+        spill: list[tuple[Delivery, ParsedMessage]] | None = None,
+    ) -> None:
+        """Write in one transaction, retrying through outages; with `spill` and a spool,
+        an outage sends the batch to the spool instead of waiting."""
         devices = self._devices_of(items)
         attempt = 0
         while True:
             try:
                 await self.writer.write(items, now=datetime.now(UTC), devices=devices)
                 self.db_healthy = True
-                break
+                return
             except psycopg.OperationalError as exc:
                 self.db_healthy = False
                 self.db_retries += 1
                 await self.writer.close()
+                if spill is not None and self.spool is not None:
+                    logger.warning("database write failed (%s); spooling to disk", exc)
+                    await self._to_spool(spill)
+                    return
                 delay = self._backoff.delay(attempt)
                 attempt += 1
                 logger.warning(
@@ -193,10 +241,32 @@ class Ingest:
                 )
                 await self.writer.close()
                 await self._commit_one_by_one(items, devices)
-                break
-        for d, _ in pending:
-            self.intake.ack(d)
-        self.messages_processed += len(pending)
+                return
+
+    async def _replay_loop(self) -> None:
+        """Write spooled segments back, oldest first, each deleted once committed."""
+        assert self.spool is not None
+        while True:
+            await self.spool.wait_pending()
+            segment = await self.spool.next_segment()
+            if segment is None:
+                continue
+            await self._replay(segment)
+            await self.spool.release(segment)
+            if not self.spool.pending:
+                logger.info("spool drained (%d messages replayed)", self.spool.replayed_total)
+
+    async def _replay(self, segment: Segment) -> None:
+        step = max(1, self._policy.batch_max_rows // 4)
+        for start in range(0, len(segment.messages), step):
+            items = [
+                await self._parse_raw(
+                    RawMessage(m.topic, m.payload, m.received_at, qos=1),
+                    rate_limited=bool(m.flags & FLAG_RATE_LIMITED),
+                )
+                for m in segment.messages[start : start + step]
+            ]
+            await self._write_batch(items)  # retries with backoff until the database is back
 
     async def _commit_one_by_one(
         self, items: list[ParsedMessage], devices: dict[str, DeviceInfo]
@@ -284,6 +354,12 @@ def _metric_lines(by_reason: dict[str, int]) -> Iterator[str]:
     yield "# TYPE healthmon_rejected_total counter"
     for reason, n in sorted(by_reason.items()):
         yield f'healthmon_rejected_total{{reason="{reason}"}} {n}'
+
+
+def _spooled(d: Delivery, p: ParsedMessage) -> SpooledMessage:
+    limited = any(r.reason == Reason.RATE_LIMITED for r in p.rejections)
+    m = d.message
+    return SpooledMessage(m.topic, m.payload, m.received_at, FLAG_RATE_LIMITED if limited else 0)
 
 
 def _first_payload(item: ParsedMessage) -> tuple[str, datetime, bytes]:

@@ -172,8 +172,10 @@ class Writer:
         method: str = "copy",
         alert_hook: AlertHook | None = None,
         rejected_payload_max_bytes: int = 4096,
+        connect_timeout_s: float = 10.0,
     ) -> None:
         self._dsn = dsn
+        self._connect_timeout_s = connect_timeout_s
         self._method = method
         self._hook = alert_hook
         self._payload_max = rejected_payload_max_bytes
@@ -183,7 +185,11 @@ class Writer:
 
     async def connect(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = await psycopg.AsyncConnection.connect(self._dsn)
+            # A bounded connect: an unreachable database must fail the attempt (and send
+            # the batch to the spool) rather than hang the intake.
+            self._conn = await psycopg.AsyncConnection.connect(
+                self._dsn, connect_timeout=max(1, round(self._connect_timeout_s))
+            )
             self._last_seen_written.clear()
         return self._conn
 
