@@ -59,6 +59,10 @@ class DeviceProvisioner(Protocol):
 
     async def deprovision(self, *, device_id: str) -> None: ...
 
+    async def set_enabled(self, *, device_id: str, enabled: bool) -> None:
+        """Refuse (and disconnect) a disabled device at the broker; accept it again."""
+        ...
+
 
 class NoopProvisioner:
     """The default until broker provisioning exists (issue 7): the broker's own config rules."""
@@ -69,4 +73,7 @@ class NoopProvisioner:
         logger.debug("no broker provisioning configured for %s", device_id)
 
     async def deprovision(self, *, device_id: str) -> None:
+        logger.debug("no broker provisioning configured for %s", device_id)
+
+    async def set_enabled(self, *, device_id: str, enabled: bool) -> None:
         logger.debug("no broker provisioning configured for %s", device_id)

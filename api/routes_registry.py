@@ -166,6 +166,8 @@ async def create_device(body: DeviceCreate, request: Request, principal: Admin) 
             password_hash=password_hash,
             password=password,
         )
+        if not body.enabled:
+            await provisioner.set_enabled(device_id=body.device_id, enabled=False)
     except Exception:
         logger.exception("broker provisioning failed for device %s", body.device_id)
     return DeviceCreated(
@@ -207,6 +209,13 @@ async def patch_device(
             await store.update_device(conn, device_id, changes)
         row = await store.get_device(conn, device_id, None)
     assert row is not None
+    if "enabled" in changes:
+        try:
+            await request.app.state.provisioner.set_enabled(
+                device_id=device_id, enabled=changes["enabled"]
+            )
+        except Exception:
+            logger.exception("broker enable/disable failed for device %s", device_id)
     return Device(**row)
 
 
