@@ -52,14 +52,6 @@ class Settings(BaseSettings):
     broker_ca_file: str | None = Field(
         default=None, description="CA bundle to verify the broker when broker_admin_url is mqtts://"
     )
-    broker_admin_url: SecretStr | None = Field(
-        default=None,
-        description="mqtt://admin:pass@host:port of a Mosquitto dynamic-security admin; "
-        "set, device create/delete/disable provisions the broker (docs/deploy.md)",
-    )
-    broker_ca_file: str | None = Field(
-        default=None, description="CA bundle to verify the broker when broker_admin_url is mqtts://"
-    )
 
     # Writer
     batch_max_rows: int = 5000
