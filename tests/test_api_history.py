@@ -44,7 +44,7 @@ HEAT_RULE: dict[str, Any] = {
 }  # fmt: skip
 FREEZE_RULE: dict[str, Any] = {
     "kind": "threshold", "metric": "temp_c", "op": "below", "low": 2.5,
-    "scope": {"domain": "coldchain", "profiles": ["fridge"]},
+    "scope": {"domain": "coldchain", "profiles": ["hist_fridge"]},
 }  # fmt: skip
 
 
@@ -55,7 +55,9 @@ async def _seed(conn: psycopg.AsyncConnection[Any], device_id: str, site_id: str
     )
     await conn.execute(
         "INSERT INTO devices (device_id, domain, site_id, profile, expected_interval_s)"
-        " VALUES (%s, 'coldchain', %s, 'fridge', 60)",
+        " VALUES (%s, 'coldchain', %s, 'hist_fridge', 60)",
+        # a profile of its own: the default packs (seeded by other tests into the same
+        # database) must not add their fridge limits to this device's
         (device_id, site_id),
     )
     for rule_id, body in ((f"heat.{device_id}", HEAT_RULE), (f"freeze.{device_id}", FREEZE_RULE)):

@@ -93,9 +93,17 @@ def on_broker(mqtt_broker: Broker, uid: Callable[[str], str]) -> Iterator[Callab
         res = fleet.simulate(start, end)
         topics = [f"hm/v1/{s.domain}/{s.device_id}/#" for s in fleet.specs]
         with Subscriber(*mqtt_broker, topics, client_id=f"{prefix}-sub") as sub:
+            # In chunks, each awaited at the subscriber: the machine's Mosquitto keeps
+            # only 1000 queued messages per client (its defaults), and a subscriber
+            # that falls behind a full-speed burst on a busy machine would lose some.
+            sent = 0
             with MqttTransport(*mqtt_broker, client_id_prefix=prefix) as transport:
-                stats = publish_sync(res.messages, transport)
-            assert stats.messages == len(res.messages)
+                for i in range(0, len(res.messages), 400):
+                    chunk = res.messages[i : i + 400]
+                    sent += publish_sync(chunk, transport).messages
+                    assert sub.wait_for(lambda got, n=sent: len(got) >= n, 15.0), (
+                        len(sub.snapshot()), sent)
+            assert sent == len(res.messages)
             expected = len(res.messages)  # each drop comes back as its Last Will
             assert sub.wait_for(lambda got: len(got) >= expected, 15.0), (
                 len(sub.snapshot()),
