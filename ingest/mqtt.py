@@ -54,6 +54,7 @@ class MqttStats:
     stale_acks_skipped: int = 0
     connects: int = 0
     disconnects: int = 0
+    sessions_resumed: int = 0  # reconnects where the broker still had our session
 
 
 class MqttIntake:
@@ -186,6 +187,8 @@ class MqttIntake:
             return
         self._generation += 1
         self.stats.connects += 1
+        if flags.session_present:
+            self.stats.sessions_resumed += 1
         # Re-subscribe on every (re)connect; harmless when the session already has it.
         client.subscribe(self._topic, qos=1)
         logger.info(
@@ -203,6 +206,9 @@ class MqttIntake:
         self._connected.clear()
         self.stats.disconnects += 1
         if not self._closing.is_set():
+            # paho's network thread reconnects with capped exponential backoff
+            # (reconnect_min_s doubling up to reconnect_max_s) on the same persistent
+            # session; `_on_connect` re-subscribes and bumps the ack generation.
             logger.warning("disconnected from the broker (%s); paho reconnects", reason)
 
     def _on_message(self, _c: paho.Client, _ud: Any, msg: paho.MQTTMessage) -> None:
