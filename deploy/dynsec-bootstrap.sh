@@ -5,7 +5,7 @@
 #                                      the admin client (does nothing if FILE exists)
 #   dynsec-bootstrap.sh clients        against the running broker: the service's client
 #                                      and the provisioner's client, with their roles
-#                                      (repeatable; existing ones are kept)
+#                                      (repeatable: converges, resets their passwords)
 #
 # Environment:
 #   DYNSEC_ADMIN_USER, DYNSEC_ADMIN_PASSWORD   the dynsec admin (humans, mosquitto_ctrl)
@@ -23,28 +23,53 @@ need() {
     fi
 }
 
-# mosquitto_ctrl against the running broker; "already exists" is success (repeatable).
+ctrl() {
+    mosquitto_ctrl -h "${MQTT_HOST:-localhost}" -p "${MQTT_PORT:-1883}" \
+        -u "$DYNSEC_ADMIN_USER" -P "$DYNSEC_ADMIN_PASSWORD" dynsec "$@" 2>&1
+}
+
+# One dynsec command against the running broker. mosquitto_ctrl 2.0 exits 0 even when
+# the command fails or the broker refuses it, so its output decides; "already exists"
+# is success (the script is repeatable).
 ctl() {
-    if out=$(mosquitto_ctrl -h "${MQTT_HOST:-localhost}" -p "${MQTT_PORT:-1883}" \
-        -u "$DYNSEC_ADMIN_USER" -P "$DYNSEC_ADMIN_PASSWORD" dynsec "$@" 2>&1); then
-        return 0
-    fi
+    out=$(ctrl "$@") || true
     case "$out" in
         *"already exists"*) return 0 ;;
+        *rror*)
+            echo "dynsec-bootstrap: dynsec $1 $2 failed: $out" >&2
+            return 1
+            ;;
     esac
-    echo "dynsec-bootstrap: dynsec $1 $2 failed: $out" >&2
-    return 1
+}
+
+# A client with this password and role: created if missing, else password reset (so
+# rotating a secret in .env and re-running takes effect) and role added if absent.
+ensure_client() {
+    ctl createClient "$1" -p "$2"
+    ctl setClientPassword "$1" "$2"
+    out=$(ctrl getClient "$1") || true
+    case "$out" in
+        *" $3 (priority"*) ;;
+        *) ctl addClientRole "$1" "$3" ;;  # a second add is an error in 2.0.11
+    esac
 }
 
 wait_for_broker() {
     i=0
-    until mosquitto_ctrl -h "${MQTT_HOST:-localhost}" -p "${MQTT_PORT:-1883}" \
-        -u "$DYNSEC_ADMIN_USER" -P "$DYNSEC_ADMIN_PASSWORD" dynsec getDefaultACLAccess \
-        >/dev/null 2>&1; do
+    while :; do
+        out=$(ctrl getDefaultACLAccess) || true
+        case "$out" in
+            *"Not authorized"* | *"not authorised"*)
+                echo "dynsec-bootstrap: the broker refuses $DYNSEC_ADMIN_USER: $out" >&2
+                exit 1
+                ;;
+            *rror*) ;;
+            *) return 0 ;;
+        esac
         i=$((i + 1))
         if [ "$i" -ge 60 ]; then
-            echo "dynsec-bootstrap: broker at ${MQTT_HOST:-localhost}:${MQTT_PORT:-1883}" \
-                "not answering as $DYNSEC_ADMIN_USER" >&2
+            echo "dynsec-bootstrap: no broker at ${MQTT_HOST:-localhost}:${MQTT_PORT:-1883}:" \
+                "$out" >&2
             exit 1
         fi
         sleep 1
@@ -77,8 +102,7 @@ case "${1:-}" in
         ctl addRoleACL healthmon-service subscribePattern 'hm/v1/#' allow
         ctl addRoleACL healthmon-service subscribePattern '$share/+/hm/v1/#' allow
         ctl addRoleACL healthmon-service publishClientSend 'hm/alerts/v1/#' allow
-        ctl createClient "$HEALTHMON_MQTT_USER" -p "$HEALTHMON_MQTT_PASSWORD"
-        ctl addClientRole "$HEALTHMON_MQTT_USER" healthmon-service
+        ensure_client "$HEALTHMON_MQTT_USER" "$HEALTHMON_MQTT_PASSWORD" healthmon-service
 
         # Device provisioning: the dynsec control topics and nothing else (unlike the
         # admin role of `dynsec init`, which may also read every topic).
@@ -86,8 +110,7 @@ case "${1:-}" in
         ctl addRoleACL dynsec-control publishClientSend '$CONTROL/dynamic-security/#' allow
         ctl addRoleACL dynsec-control publishClientReceive '$CONTROL/dynamic-security/#' allow
         ctl addRoleACL dynsec-control subscribePattern '$CONTROL/dynamic-security/#' allow
-        ctl createClient "$PROVISIONER_USER" -p "$PROVISIONER_PASSWORD"
-        ctl addClientRole "$PROVISIONER_USER" dynsec-control
+        ensure_client "$PROVISIONER_USER" "$PROVISIONER_PASSWORD" dynsec-control
         echo "dynsec-bootstrap: clients $HEALTHMON_MQTT_USER and $PROVISIONER_USER ready"
         ;;
     *)

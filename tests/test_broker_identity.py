@@ -9,6 +9,7 @@ is never touched.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pwd
 import queue
@@ -58,6 +59,8 @@ class Broker:
     ca_file: Path
     service: tuple[str, str]
     provisioner: tuple[str, str]
+    dynsec_file: Path
+    env: dict[str, str]
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -150,6 +153,8 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
             ca_file=base / "certs" / "ca.crt",
             service=(env["HEALTHMON_MQTT_USER"], env["HEALTHMON_MQTT_PASSWORD"]),
             provisioner=(env["PROVISIONER_USER"], env["PROVISIONER_PASSWORD"]),
+            dynsec_file=base / "data" / "dynamic-security.json",
+            env=env,
         )
     finally:
         proc.terminate()
@@ -346,6 +351,31 @@ async def test_wrong_password_and_anonymous_clients_are_refused_at_connect(
     assert anonymous.reason is not None and anonymous.reason.is_failure
     anonymous_tls = clients(broker.tls_port, ca_file=broker.ca_file)
     assert anonymous_tls.reason is not None and anonymous_tls.reason.is_failure
+
+
+async def test_the_broker_keeps_only_a_hash_of_the_device_password(
+    api: Api, broker: Broker, uid: Any
+) -> None:
+    device_id = uid("fridge")
+    password = await _create_device(api, device_id)
+    clients_by_name = {
+        c["username"]: c
+        for c in json.loads(broker.dynsec_file.read_text())["clients"]  # saved on change
+    }
+    stored = clients_by_name[device_id]
+    assert stored["roles"] == [{"rolename": f"hm-device-{device_id}"}]
+    assert {"password", "salt", "iterations"} <= stored.keys()
+    assert password not in broker.dynsec_file.read_text()
+
+
+def test_bootstrap_fails_loudly_with_a_wrong_admin_password(broker: Broker) -> None:
+    env = {**broker.env, "DYNSEC_ADMIN_PASSWORD": "wrong"}
+    done = subprocess.run(
+        ["sh", str(DEPLOY / "dynsec-bootstrap.sh"), "clients"],
+        env=env, capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "refuses admin" in done.stderr
 
 
 async def test_deleting_a_device_disconnects_it_and_refuses_it(
