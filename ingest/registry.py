@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -65,15 +66,15 @@ class Registry:
         self._devices[info.device_id] = info
         self._misses.pop(info.device_id, None)
 
-    async def load(self, conn: psycopg.AsyncConnection[object]) -> int:
+    async def load(self, conn: psycopg.AsyncConnection[Any]) -> int:
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(_SELECT)
             rows = await cur.fetchall()
         self._devices = {str(r["device_id"]): _info(r) for r in rows}
-        self._watermark = max((r["changed"] for r in rows), default=None)  # type: ignore[type-var]
+        self._watermark = max((r["changed"] for r in rows), default=None)
         return len(rows)
 
-    async def refresh(self, conn: psycopg.AsyncConnection[object]) -> int:
+    async def refresh(self, conn: psycopg.AsyncConnection[Any]) -> int:
         """Pick up devices changed since the last load or refresh."""
         if self._watermark is None:
             return await self.load(conn)
@@ -87,14 +88,12 @@ class Registry:
             present = {r["device_id"] for r in await cur.fetchall()}
         for r in rows:
             self.add(_info(r))
-            self._watermark = max(self._watermark, r["changed"])  # type: ignore[type-var,call-overload]
+            self._watermark = max(self._watermark, r["changed"])
         for gone in set(self._devices) - present:
             del self._devices[gone]
         return len(rows)
 
-    async def fetch(
-        self, conn: psycopg.AsyncConnection[object], device_id: str
-    ) -> DeviceInfo | None:
+    async def fetch(self, conn: psycopg.AsyncConnection[Any], device_id: str) -> DeviceInfo | None:
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(_SELECT + " WHERE d.device_id = %s", (device_id,))
             row = await cur.fetchone()
@@ -164,7 +163,7 @@ def parse_device_csv(text: str) -> list[ImportRow]:
     return out
 
 
-async def import_devices(conn: psycopg.AsyncConnection[object], rows: list[ImportRow]) -> int:
+async def import_devices(conn: psycopg.AsyncConnection[Any], rows: list[ImportRow]) -> int:
     """Upsert sites (created as needed) and devices; re-importing updates. One transaction."""
     async with conn.transaction():
         for r in rows:

@@ -14,7 +14,7 @@ import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg
 
@@ -58,7 +58,7 @@ def split_statements(text: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-async def detect_backend(conn: psycopg.AsyncConnection[object], want: str = "auto") -> Backend:
+async def detect_backend(conn: psycopg.AsyncConnection[Any], want: str = "auto") -> Backend:
     """The backend recorded at the first migration, else TimescaleDB when it can be enabled."""
     await conn.execute(
         "CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL)"
@@ -66,7 +66,7 @@ async def detect_backend(conn: psycopg.AsyncConnection[object], want: str = "aut
     cur = await conn.execute("SELECT value FROM meta WHERE key = 'backend'")
     row = await cur.fetchone()
     if row is not None:
-        return row[0]  # type: ignore[index,no-any-return]
+        return row[0]  # type: ignore[no-any-return]
     if want == "postgres":
         return "postgres"
     cur = await conn.execute(
@@ -136,7 +136,7 @@ async def migrate(
     return chosen
 
 
-async def check_schema(conn: psycopg.AsyncConnection[object]) -> Backend:
+async def check_schema(conn: psycopg.AsyncConnection[Any]) -> Backend:
     """Raise SchemaError unless every migration has been applied; returns the backend."""
     try:
         cur = await conn.execute("SELECT value FROM meta WHERE key = 'backend'")
