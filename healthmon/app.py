@@ -164,12 +164,24 @@ async def serve(
             server = uvicorn.Server(config)
             # uvicorn captures SIGINT/SIGTERM while it serves, shuts down gracefully, then
             # re-raises the signal, which reaches run_service's handler: everything drains.
-            jobs.append(("api.server", server.serve))
+            jobs.append(("api.server", lambda: _serve_gracefully(server)))
         for job in extra:
             jobs.append((getattr(job, "__name__", "extra"), job))
         async with asyncio.TaskGroup() as tg:
             for name, job in jobs:
                 tg.create_task(job(), name=name)
+
+
+async def _serve_gracefully(server: Any) -> None:
+    """Run uvicorn; on cancellation ask it to stop and wait, so its lifespan (the API's
+    connection pool) closes cleanly instead of being torn down mid-await."""
+    task = asyncio.create_task(server.serve(), name="api.uvicorn")
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        await task
+        raise
 
 
 def _provisioner(settings: Settings) -> Any:

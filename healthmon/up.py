@@ -219,6 +219,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await _up(args, settings)
+        logger.info("stopped cleanly")
 
     try:
         asyncio.run(main())
