@@ -81,8 +81,8 @@ def message(i: int, devices: int) -> tuple[str, bytes]:
 
 def publisher(port: int, n: int, devices: int, ready: object) -> None:
     """Publish n QoS 1 messages as fast as the broker takes them."""
-    import paho.mqtt.client as paho  # noqa: PLC0415
-    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
 
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{secrets.token_hex(3)}")
     c.max_inflight_messages_set(1000)
@@ -101,8 +101,8 @@ def publisher(port: int, n: int, devices: int, ready: object) -> None:
 
 def bare_subscriber(port: int, n: int, out: object) -> None:
     """Receive n messages at QoS 1 and parse each; report (first, last) receive times."""
-    import paho.mqtt.client as paho  # noqa: PLC0415
-    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
 
     state = {"n": 0, "first": 0.0, "last": 0.0}
 
@@ -278,8 +278,8 @@ async def soak(dsn: str, seconds: float, rate: int, devices: int, tmp: Path) -> 
 
 
 def _publish_range(port: int, start: int, n: int, devices: int) -> None:
-    import paho.mqtt.client as paho  # noqa: PLC0415
-    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
 
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"soak-{start}")
     c.max_inflight_messages_set(1000)
