@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import csv
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -108,53 +108,55 @@ def cmd_devices_import(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _emit(rows: AsyncIterator[dict[str, Any]], fmt: str) -> Any:
+Query = Callable[[psycopg.AsyncConnection[Any]], AsyncIterator[dict[str, Any]]]
+
+
+def _print_rows(settings: Settings, query: Query, fmt: str, noun: str) -> int:
+    """Stream the query's rows to stdout as CSV or JSON lines; the count to stderr."""
+
     async def run() -> int:
         count = 0
         writer: Any = None
-        async for row in rows:
-            if fmt == "json":
-                sys.stdout.write(orjson.dumps(row, option=orjson.OPT_NAIVE_UTC).decode() + "\n")
-            else:
-                if writer is None:
-                    writer = csv.DictWriter(sys.stdout, fieldnames=list(row))
-                    writer.writeheader()
-                writer.writerow(
-                    {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
-                )
-            count += 1
+        async with await psycopg.AsyncConnection.connect(settings.dsn()) as conn:
+            async for row in query(conn):
+                if fmt == "json":
+                    line = orjson.dumps(row, option=orjson.OPT_NAIVE_UTC).decode()
+                    sys.stdout.write(line + "\n")
+                else:
+                    if writer is None:
+                        writer = csv.DictWriter(sys.stdout, fieldnames=list(row))
+                        writer.writeheader()
+                    writer.writerow(
+                        {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+                    )
+                count += 1
         return count
 
-    return run()
+    try:
+        n = asyncio.run(run())
+    except (ValueError, psycopg.Error) as exc:
+        return _fail(str(exc))
+    print(f"{n} {noun}", file=sys.stderr)
+    return 0
 
 
 def cmd_readings(args: argparse.Namespace, settings: Settings) -> int:
-    async def run() -> int:
-        async with await psycopg.AsyncConnection.connect(settings.dsn()) as conn:
-            rows = iter_readings(
-                conn, device_id=args.device, metric=args.metric, start=args.start, end=args.end
-            )
-            n: int = await _emit(rows, args.format)
-            return n
-
-    try:
-        n = asyncio.run(run())
-    except (ValueError, psycopg.Error) as exc:
-        return _fail(str(exc))
-    print(f"{n} readings", file=sys.stderr)
-    return 0
+    return _print_rows(
+        settings,
+        lambda conn: iter_readings(
+            conn, device_id=args.device, metric=args.metric, start=args.start, end=args.end
+        ),
+        args.format,
+        "readings",
+    )
 
 
 def cmd_rejected(args: argparse.Namespace, settings: Settings) -> int:
-    async def run() -> int:
-        async with await psycopg.AsyncConnection.connect(settings.dsn()) as conn:
-            rows = iter_rejected(conn, device_id=args.device, reason=args.reason, since=args.since)
-            n: int = await _emit(rows, args.format)
-            return n
-
-    try:
-        n = asyncio.run(run())
-    except (ValueError, psycopg.Error) as exc:
-        return _fail(str(exc))
-    print(f"{n} rejected messages", file=sys.stderr)
-    return 0
+    return _print_rows(
+        settings,
+        lambda conn: iter_rejected(
+            conn, device_id=args.device, reason=args.reason, since=args.since
+        ),
+        args.format,
+        "rejected messages",
+    )
