@@ -228,7 +228,7 @@ async def test_flood_of_oversized_and_rapid_messages_keeps_memory_bounded(pg_dsn
 async def test_sql_metacharacters_in_every_api_parameter_are_refused_or_harmless(
     api_env: ApiEnv, uid: Callable[[str], str]
 ) -> None:
-    site_id, device_id = await seed_site_device(api_env.dsn, uid, region=api_env.region)
+    _site_id, device_id = await seed_site_device(api_env.dsn, uid, region=api_env.region)
     before = await scalar(api_env.dsn, "SELECT count(*) FROM devices")
     async with api_env.client("admin") as c:
         for s in SQL:
