@@ -346,7 +346,21 @@ class Ingest:
             f"healthmon_alert_hook_errors_total {w.alert_hook_errors}",
             "# TYPE healthmon_broker_connected gauge",
             f"healthmon_broker_connected {int(self.intake.connected)}",
+            "# TYPE healthmon_mqtt_sessions_resumed_total counter",
+            f"healthmon_mqtt_sessions_resumed_total {m.sessions_resumed}",
+            "# TYPE healthmon_db_healthy gauge",
+            f"healthmon_db_healthy {int(self.db_healthy)}",
         ]
+        if self.spool is not None:
+            sp = self.spool
+            lines += [
+                "# TYPE healthmon_spool_bytes gauge",
+                f"healthmon_spool_bytes {sp.size_bytes}",
+                "# TYPE healthmon_spooled_messages_total counter",
+                f"healthmon_spooled_messages_total {sp.spooled_total}",
+                "# TYPE healthmon_spool_replayed_messages_total counter",
+                f"healthmon_spool_replayed_messages_total {sp.replayed_total}",
+            ]
         return "\n".join(lines) + "\n"
 
 
