@@ -105,6 +105,7 @@ class MqttIntake:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[Delivery] | None = None
         self._refusal: str | None = None
+        self._session_present = False
 
     @property
     def connected(self) -> bool:
@@ -138,6 +139,7 @@ class MqttIntake:
         client.reconnect_delay_set(int(max(1, self._reconnect[0])), int(self._reconnect[1]))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         self._client = client
         try:
@@ -190,12 +192,24 @@ class MqttIntake:
         if flags.session_present:
             self.stats.sessions_resumed += 1
         # Re-subscribe on every (re)connect; harmless when the session already has it.
+        # `connected` is set on the SUBACK: until then, a message published by a device
+        # for a brand-new session would not be routed to us.
+        self._session_present = bool(flags.session_present)
         client.subscribe(self._topic, qos=1)
+
+    def _on_subscribe(
+        self, _c: paho.Client, _ud: Any, _mid: int, reasons: Any, _props: Any
+    ) -> None:
+        failed = [r for r in reasons if getattr(r, "is_failure", False)]
+        if failed:
+            self._refusal = f"subscription refused: {failed[0]}"
+            logger.error("broker refused the subscription to %s: %s", self._topic, failed[0])
+            return
         logger.info(
             "connected to %s:%s (session present: %s), subscribed to %s",
             self._host,
             self._port,
-            flags.session_present,
+            self._session_present,
             self._topic,
         )
         self._connected.set()
