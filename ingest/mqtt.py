@@ -144,7 +144,7 @@ class MqttIntake:
         self._client = client
         try:
             if self._v5:
-                props = Properties(PacketTypes.CONNECT)
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                 props.SessionExpiryInterval = self._session_expiry_s
                 props.ReceiveMaximum = self._receive_maximum
                 client.connect(
@@ -228,7 +228,7 @@ class MqttIntake:
     def _on_message(self, _c: paho.Client, _ud: Any, msg: paho.MQTTMessage) -> None:
         raw = RawMessage(
             topic=msg.topic,
-            payload=msg.payload,
+            payload=bytes(msg.payload),
             received_at=datetime.now(UTC),
             mid=msg.mid,
             qos=msg.qos,

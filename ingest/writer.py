@@ -225,8 +225,8 @@ class Writer:
                 await conn.execute(_REGISTER, (reg.device_id, reg.domain))
             new_readings = await self._write_readings(conn, readings) if readings else []
             new_events = await self._write_events(conn, events) if events else []
-            for st in statuses:
-                await conn.execute(_STATUS, (st.online, st.ts, st.device_id, st.ts))
+            for status in statuses:
+                await conn.execute(_STATUS, (status.online, status.ts, status.device_id, status.ts))
             if rejected_rows:
                 await conn.execute(_REJECTED, _columns(rejected_rows, 10))
             await self._touch_last_seen(conn, items)
