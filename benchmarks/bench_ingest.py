@@ -193,7 +193,13 @@ def rss_mb(pid: int) -> float:
 
 
 async def run_pipeline(
-    dsn: str, n: int, devices: int, inflight: int, batch_rows: int, tmp: Path
+    dsn: str,
+    n: int,
+    devices: int,
+    inflight: int,
+    batch_rows: int,
+    tmp: Path,
+    alerts: bool = True,
 ) -> tuple[float, list[float]]:
     broker, port = start_broker(inflight, tmp)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHMON_")}
@@ -204,6 +210,7 @@ async def run_pipeline(
         HEALTHMON_BATCH_MAX_ROWS=str(batch_rows),
         HEALTHMON_DEVICE_RATE_LIMIT_PER_S="0",
         HEALTHMON_MQTT_RECEIVE_MAXIMUM="65535",
+        HEALTHMON_EVALUATE_ALERTS=str(alerts).lower(),
     )
     log = (tmp / "ingest.log").open("wb")
     proc = subprocess.Popen(
@@ -298,6 +305,7 @@ async def main() -> None:
     ap.add_argument("--devices", type=int, default=200)
     ap.add_argument("--inflight", default="20,1000", help="broker in-flight windows to try")
     ap.add_argument("--batch-rows", default="5000", help="writer batch sizes to try")
+    ap.add_argument("--alerts", default="off,on", help="alert evaluation in the intake")
     ap.add_argument("--soak-s", type=float, default=0, help="also a soak run of this length")
     ap.add_argument("--soak-rate", type=int, default=2000)
     args = ap.parse_args()
@@ -330,17 +338,21 @@ async def main() -> None:
                     f"| bare paho subscriber, QoS 1, in-flight {inflight} | {bare:,.0f} msg/s | |"
                 )
                 for batch in [int(x) for x in args.batch_rows.split(",")]:
-                    rate, rss = await run_pipeline(dsn, n, d, inflight, batch, tmp)
-                    async with await psycopg.AsyncConnection.connect(dsn) as conn:
-                        await conn.execute("TRUNCATE readings, latest_readings")
-                        await conn.commit()
-                    lines.append(
-                        f"| pipeline, in-flight {inflight}, batch {batch} rows | "
-                        f"{rate:,.0f} msg/s ({2 * rate:,.0f} readings/s) | "
-                        f"{rate / bare:.0%} of bare subscriber; RSS {min(rss):.0f}-"
-                        f"{max(rss):.0f} MB |"
-                    )
-                    print(lines[-1], flush=True)
+                    for alerts in [a == "on" for a in args.alerts.split(",")]:
+                        rate, rss = await run_pipeline(dsn, n, d, inflight, batch, tmp, alerts)
+                        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+                            await conn.execute(
+                                "TRUNCATE readings, latest_readings, rule_state, alerts CASCADE"
+                            )
+                            await conn.commit()
+                        lines.append(
+                            f"| pipeline, in-flight {inflight}, batch {batch} rows, alert rules "
+                            f"{'on' if alerts else 'off'} | "
+                            f"{rate:,.0f} msg/s ({2 * rate:,.0f} readings/s) | "
+                            f"{rate / bare:.0%} of bare subscriber; RSS {min(rss):.0f}-"
+                            f"{max(rss):.0f} MB |"
+                        )
+                        print(lines[-1], flush=True)
             if args.soak_s:
                 samples = await soak(dsn, args.soak_s, args.soak_rate, d, tmp)
                 lines.append(

@@ -137,10 +137,11 @@ async def serve(
         metrics_sources: list[Callable[[], str]] = []
         jobs: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         if ingest:
-            engine = await stack.enter_async_context(AlertEngine(settings.dsn()))
-            metrics_sources.append(
-                counters_source("healthmon_alerts_engine", lambda: engine.counters)
-            )
+            engine: AlertEngine | None = None
+            if settings.evaluate_alerts:
+                engine = await stack.enter_async_context(AlertEngine(settings.dsn()))
+                counters = engine.counters
+                metrics_sources.append(counters_source("healthmon_alerts_engine", lambda: counters))
             pipeline = await stack.enter_async_context(build_ingest(settings, alert_hook=engine))
             metrics_sources.append(pipeline.metrics)
             jobs.append(("ingest.pipeline", pipeline.run))

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     partition_days: int = 7  # plain-PostgreSQL partition width
     partitions_ahead: int = 4
 
+    evaluate_alerts: bool = Field(
+        default=True, description="evaluate alert rules in the intake (off only to measure)"
+    )
     run_notifier: bool = Field(
         default=True, description="deliver notifications from this process (one per fleet)"
     )
