@@ -3,8 +3,11 @@
 The app runs under uvicorn in a thread on a free port, against the `pg_dsn` database. A
 fridge warms: its readings are stored and the alert is raised the way the alert engine
 raises it (an `alerts` row, its `fired` event in the `alert_events` outbox, NOTIFY), so
-the test does not depend on rule timing. The officer sees it appear live, acknowledges
-it with a note, and opens its detail and the device's charts.
+the test does not depend on rule timing. The last test takes no shortcut: `healthmon
+serve` runs as a subprocess, a simulated fridge (an injected heat excursion) publishes
+90 minutes of readings over MQTT, and the real alert engine raises `coldchain.heat`.
+In each, the officer sees it appear live, acknowledges it with a note, and opens the
+device's charts.
 
 Chromium is Debian's (`apt-get install -y chromium fonts-wqy-microhei`), driven by
 Playwright with `executable_path`; `playwright install` is never needed. Screenshots go
@@ -585,3 +588,185 @@ def test_page_helpers_choose_buckets_break_gaps_order_alerts_and_mark_limits(
     assert result["movedBack"] is False
     assert result["openAfterResolve"] == 0
     assert s.errors == []
+
+
+# --- the real path: a simulated fridge over MQTT, the real service raises the alert -------
+
+
+class Service:
+    """`healthmon serve` as a subprocess: intake + alert engine + notifier + API."""
+
+    def __init__(self, dsn: str, uid: Callable[[str], str], broker: tuple[str, int]) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = ARTIFACTS / "real-path-service.log"
+        env = {
+            **os.environ,
+            "HEALTHMON_DATABASE_URL": dsn,
+            "HEALTHMON_MQTT_URL": f"mqtt://{broker[0]}:{broker[1]}",
+            "HEALTHMON_MQTT_CLIENT_ID": uid("e2e-serve"),
+            "HEALTHMON_MQTT_SESSION_EXPIRY_S": "120",
+            "HEALTHMON_API_PORT": str(self.port),
+            "HEALTHMON_SESSION_SECRET": "console-e2e-secret",
+        }
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self._log = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "healthmon.cli", "serve"],
+            env=env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"healthmon serve exited: {self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/metrics", timeout=1) as res:
+                    if b"healthmon_broker_connected 1" in res.read():
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"healthmon serve not ready: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._log.close()
+
+
+def _wait_db(dsn: str, query: str, params: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(query, params).fetchone()
+            if row is not None:
+                return row[0]
+            time.sleep(0.1)
+    pytest.fail(f"{what} not seen within {timeout_s} s")
+
+
+def test_simulated_fridge_warms_over_mqtt_and_the_real_service_raises_the_alert(
+    pg_dsn: str,
+    uid: Callable[[str], str],
+    mqtt_broker: tuple[str, int],
+    browser: Browser,
+) -> None:
+    """No shortcut: readings published over MQTT, stored by the intake, judged by the
+    alert engine in the writer's transaction (coldchain.heat: > 8 °C for 30 min, event
+    time), streamed to the board over SSE."""
+    from dataclasses import replace
+
+    from simulators import Injection, Message, MqttTransport, build_fleet, publish_sync
+    from simulators.registry import register_fleet
+    from tests.mqtt_helpers import Publisher
+
+    now = time.time()
+    region = uid("county")
+    prefix = uid("e2e")
+    fleet = build_fleet(
+        "coldchain",
+        1,
+        seed=1,
+        prefix=prefix,
+        profile="fridge",
+        injections=[
+            Injection("excursion", now - 75 * 60, device=0, duration_s=3 * 3600, variant="heat")
+        ],
+    )
+    fleet.sites = [replace(s, region=region) for s in fleet.sites]
+    fleet.specs = [replace(s, region=region) for s in fleet.specs]
+    register_fleet(pg_dsn, fleet)
+    device_id = fleet.specs[0].device_id
+    operator = uid("duty")
+    create_user(pg_dsn, operator, "operator", region)
+
+    service = Service(pg_dsn, uid, mqtt_broker)
+    s: Session | None = None
+    try:
+        service.wait_ready()
+        s = Session(browser, service.url, "real-path")
+        s.login(operator)
+        page = s.page
+        page.wait_for_selector("#board-empty")
+
+        # The intake's subscription is in place once a probe reading is stored (an old
+        # event time, well before the excursion, so it does not touch the rule).
+        probe_ts = datetime.fromtimestamp(now - 100 * 60, UTC).isoformat()
+        pub = Publisher(*mqtt_broker, client_id=uid("e2e-probe"))
+        try:
+            deadline = time.monotonic() + 20
+            topic = f"hm/v1/coldchain/{device_id}/telemetry"
+            while True:
+                pub.publish(topic, {"ts": probe_ts, "seq": 0, "values": {"temp_c": 5.0}})
+                with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                    if conn.execute(
+                        "SELECT 1 FROM readings WHERE device_id = %s", (device_id,)
+                    ).fetchone():
+                        break
+                assert time.monotonic() < deadline, "the service never stored the probe"
+                time.sleep(0.5)
+        finally:
+            pub.close()
+
+        # The fridge warms: 90 minutes of simulated readings published as fast as the
+        # broker takes them (no retained status, so the shared broker keeps no state).
+        items = (
+            m for m in fleet.run(now - 90 * 60, now) if isinstance(m, Message) and not m.retain
+        )
+        with MqttTransport(*mqtt_broker, connections=1, client_id_prefix=uid("e2e-sim")) as tr:
+            stats = publish_sync(items, tr, speed=None)
+        assert stats.messages >= 80
+
+        alert_id = str(
+            _wait_db(
+                pg_dsn,
+                "SELECT id FROM alerts WHERE device_id = %s AND rule_id = 'coldchain.heat'",
+                (device_id,),
+                20,
+                "the coldchain.heat alert",
+            )
+        )
+        row = f"tr.alert-row[data-alert-id='{alert_id}']"
+        page.wait_for_selector(row, timeout=LIVE_TIMEOUT_MS)  # live: no reload
+        assert page.get_attribute(row, "data-state") == "firing"
+        s.shot("01-live-alert-from-mqtt")
+
+        note = "冰箱温度超标，已转移疫苗"
+        page.click(f"{row} .btn-ack")
+        page.wait_for_selector("#ack-dialog[open]")
+        page.fill("#ack-note", note)
+        page.click("#ack-submit")
+        page.wait_for_selector(f"{row}[data-state=acknowledged]", timeout=LIVE_TIMEOUT_MS)
+        s.shot("02-acknowledged")
+        with psycopg.connect(pg_dsn) as conn:
+            state = conn.execute(
+                "SELECT state, acknowledged_by, ack_note FROM alerts WHERE id = %s", (alert_id,)
+            ).fetchone()
+        assert state == ("acknowledged", operator, note)
+
+        page.click("nav a[data-section=devices]")
+        drow = f"tr.device-row[data-device-id='{device_id}']"
+        page.wait_for_selector(drow)
+        page.click(f"{drow} a")
+        page.wait_for_selector(".chart[data-metric=temp_c] canvas")
+        s.shot("03-device-chart", full_page=True)
+        assert s.errors == []
+    except BaseException:
+        if s is not None:
+            s.shot("failure", full_page=True)
+        raise
+    finally:
+        if s is not None:
+            s.close()
+        service.stop()
