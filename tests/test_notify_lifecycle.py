@@ -118,3 +118,25 @@ async def test_config_reload_is_picked_up_by_a_running_notifier(
         await raise_alert(nconn, device_id="fridge-2")
         await n.run_once(at(10))
     assert [r.path for r in http_receiver.requests] == ["/hook", "/new-hook"]
+
+
+async def test_a_retrospective_episode_already_resolved_is_reported_once(
+    ndsn: str, nconn: Conn, http_receiver: HttpReceiver
+) -> None:
+    """A backlog uploaded late raises an alert that is over by the time it is recorded:
+    the duty staff are still told, once, that it happened; no ladder, no reminders."""
+    await load(nconn, webhook_config(http_receiver))
+    aid = await raise_alert(nconn)
+    await nconn.execute(
+        "UPDATE alerts SET state = 'resolved', resolved_at = started_at + interval '2 hours',"
+        " retrospective = true WHERE id = %s",
+        (aid,),
+    )
+    async with notifier(ndsn) as n:
+        await n.run_once(at(0))
+        await n.run_once(at(3600))
+        await n.run_once(at(7200))
+    purposes = [r.body["notification"]["purpose"] for r in http_receiver.requests]
+    assert purposes == ["fired_resolved"]
+    assert "补报" in http_receiver.requests[0].body["notification"]["title"]
+    assert http_receiver.requests[0].body["state"] == "resolved"

@@ -33,6 +33,7 @@ TIMELINE_KIND = {
     "severity_raised": "notified",
     "acknowledged": "notified",
     "resolved": "notified",
+    "fired_resolved": "notified",
 }
 # Rounds per pass, so a fallback queued by a final failure goes out in the same pass.
 MAX_ROUNDS = 8

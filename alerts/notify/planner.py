@@ -15,6 +15,7 @@ from alerts.notify.context import RULE_NOBODY_REACHABLE, Pass, RunReport
 from alerts.notify.context import labels as alert_labels
 from alerts.notify.decide import (
     Done,
+    Progress,
     Notify,
     Silenced,
     active_silence,
@@ -51,8 +52,13 @@ async def on_event(
         )
     existing = {row["route_id"]: row for row in await store.progress_rows(p.conn, aid)}
     if kind in ("fired", "escalated"):
+        if kind == "fired" and alert["state"] == "resolved":
+            # A retrospective episode (a late backlog) or one that cleared before we read
+            # it: the first rung is told once that it happened and is over. No ladder.
+            await _tell_resolved_episode(p, alert, labels, existing, now)
+            return
         if alert["state"] != "firing":
-            return  # acknowledged or resolved before we got to it: nobody to wake
+            return  # acknowledged before we got to it: someone already knows
         routes = route_alert(p.cfg.routes, labels)
         for route in routes:
             if route.id not in existing:
@@ -83,6 +89,26 @@ async def on_event(
             now=now,
             note="the alert was resolved",
         )
+
+
+async def _tell_resolved_episode(
+    p: Pass,
+    alert: dict[str, Any],
+    labels: Any,
+    existing: dict[str, Any],
+    now: datetime,
+) -> None:
+    silences = await store.active_silences(p.conn, now)
+    if active_silence(silences, labels, now) is not None:
+        return
+    for route in route_alert(p.cfg.routes, labels):
+        if route.id in existing or not await store.start_progress(
+            p.conn, alert["id"], route.id, now
+        ):
+            continue
+        await enqueue(p, alert, route.id, 0, "fired_resolved", now)
+        done = Progress(level=0, first_notified_at=now, last_notified_at=now)
+        await store.save_progress(p.conn, alert["id"], route.id, done, done=True)
 
 
 async def enqueue(
@@ -196,7 +222,8 @@ async def flush_batches(p: Pass, now: datetime, r: RunReport) -> None:
             for aid in b["alert_ids"]:
                 a = alerts.get(aid)
                 if a is None or (
-                    purpose not in ("acknowledged", "resolved") and a["state"] != "firing"
+                    purpose not in ("acknowledged", "resolved", "fired_resolved")
+                    and a["state"] != "firing"
                 ):
                     continue  # acknowledged or resolved while waiting for companions
                 s = active_silence(silences, alert_labels(a), now)

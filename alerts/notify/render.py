@@ -32,6 +32,7 @@ PURPOSE_ZH = {
     "severity_raised": "告警升级",
     "acknowledged": "告警已确认",
     "resolved": "告警已恢复",
+    "fired_resolved": "补报：告警（已恢复）",
     "state": "告警状态",
 }
 DOMAIN_ZH = {
