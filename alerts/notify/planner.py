@@ -15,8 +15,8 @@ from alerts.notify.context import RULE_NOBODY_REACHABLE, Pass, RunReport
 from alerts.notify.context import labels as alert_labels
 from alerts.notify.decide import (
     Done,
-    Progress,
     Notify,
+    Progress,
     Silenced,
     active_silence,
     applied,
