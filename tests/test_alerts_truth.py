@@ -122,7 +122,9 @@ def _matches(t: TruthRecord, rule_id: str, a: dict[str, Any]) -> bool:
 
 
 async def test_every_fault_that_should_alert_does(pg_conn: Conn, uid: Callable[[str], str]) -> None:
-    fleet = build_fleet("all", 24, seed=7, faults=FAULTS, prefix=uid("t"))
+    # A fixed prefix: the simulators seed each device's streams with its id, so the fleet
+    # (and so the test) is the same on every run. The session's database is its own.
+    fleet = build_fleet("all", 24, seed=7, faults=FAULTS, prefix="truth-f")
     truth = await play(fleet, pg_conn, hours=48)
     end = (START + timedelta(hours=48)).timestamp()
     alerts = await alerts_for(pg_conn, [s.device_id for s in fleet.specs])
@@ -156,7 +158,7 @@ async def test_every_fault_that_should_alert_does(pg_conn: Conn, uid: Callable[[
 
 
 async def test_a_clean_run_raises_no_alert(pg_conn: Conn, uid: Callable[[str], str]) -> None:
-    fleet = build_fleet("all", 24, seed=11, faults=None, natural=False, prefix=uid("c"))
+    fleet = build_fleet("all", 24, seed=11, faults=None, natural=False, prefix="truth-c")
     truth = await play(fleet, pg_conn, hours=30)
     assert truth == []
     alerts = await alerts_for(pg_conn, [s.device_id for s in fleet.specs])
