@@ -133,12 +133,9 @@ class Ingest:
                     wait = self._policy.wait_s(rows, time.monotonic() - started)
                     if wait <= 0:
                         break
-                    nxt = self.intake.get_nowait()
+                    nxt = self.intake.get_nowait() or await self.intake.get_within(wait)
                     if nxt is None:
-                        try:
-                            nxt = await asyncio.wait_for(self.intake.get(), wait)
-                        except TimeoutError:
-                            break
+                        break
                     parsed = await self._parse(nxt)
                     pending.append((nxt, parsed))
                     rows += _rows(parsed)
@@ -194,31 +191,50 @@ class Ingest:
         """Write the batch (or spool it through a database outage), then acknowledge it."""
         if self.spool is not None and (self.spool.pending or not self.db_healthy):
             await self._to_spool(pending)  # behind what is already spooled, in order
-        else:
-            await self._write_batch([p for _, p in pending], spill=pending)
-        for d, _ in pending:
-            self.intake.ack(d)
+        elif await self._write_batch([p for _, p in pending], spill=pending):
+            for d, _ in pending:
+                self.intake.ack(d)
         self.messages_processed += len(pending)
 
     async def _to_spool(self, pending: list[tuple[Delivery, ParsedMessage]]) -> None:
+        """Append to the spool in pieces of at most a segment, acknowledging each piece
+        once it is durable: a full spool holds back only what did not fit."""
         assert self.spool is not None
-        await self.spool.append([_spooled(d, p) for d, p in pending])
+        limit = self.spool.segment_max_bytes
+        piece: list[tuple[Delivery, SpooledMessage]] = []
+        size = 0
+        for d, p in pending:
+            m = _spooled(d, p)
+            piece.append((d, m))
+            size += len(m.payload) + len(m.topic) + 32
+            if size >= limit:
+                await self._spool_piece(piece)
+                piece, size = [], 0
+        if piece:
+            await self._spool_piece(piece)
+
+    async def _spool_piece(self, piece: list[tuple[Delivery, SpooledMessage]]) -> None:
+        assert self.spool is not None
+        await self.spool.append([m for _, m in piece])
+        for d, _ in piece:
+            self.intake.ack(d)
 
     async def _write_batch(
         self,
         items: list[ParsedMessage],
         *,
         spill: list[tuple[Delivery, ParsedMessage]] | None = None,
-    ) -> None:
+    ) -> bool:
         """Write in one transaction, retrying through outages; with `spill` and a spool,
-        an outage sends the batch to the spool instead of waiting."""
+        an outage sends the batch to the spool instead of waiting (and acknowledges it
+        there: False is returned)."""
         devices = self._devices_of(items)
         attempt = 0
         while True:
             try:
                 await self.writer.write(items, now=datetime.now(UTC), devices=devices)
                 self.db_healthy = True
-                return
+                return True
             except psycopg.OperationalError as exc:
                 self.db_healthy = False
                 self.db_retries += 1
@@ -226,7 +242,7 @@ class Ingest:
                 if spill is not None and self.spool is not None:
                     logger.warning("database write failed (%s); spooling to disk", exc)
                     await self._to_spool(spill)
-                    return
+                    return False
                 delay = self._backoff.delay(attempt)
                 attempt += 1
                 logger.warning(
@@ -241,7 +257,7 @@ class Ingest:
                 )
                 await self.writer.close()
                 await self._commit_one_by_one(items, devices)
-                return
+                return True
 
     async def _replay_loop(self) -> None:
         """Write spooled segments back, oldest first, each deleted once committed."""
