@@ -188,10 +188,8 @@ class MqttIntake:
         self._tasks = [
             asyncio.create_task(self._misc_loop(), name="mqtt.keepalive"),
         ]
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._settled.wait(), self._connect_timeout_s)
-        except TimeoutError:
-            pass
         if not self._ready:
             await self._shutdown()
             raise BrokerError(
@@ -228,7 +226,7 @@ class MqttIntake:
                 await asyncio.sleep(0.01)
         self._stop_watching()
         with contextlib.suppress(OSError):
-            client._sock_close()  # noqa: SLF001 - paho has no public "close now"
+            client._sock_close()  # paho has no public "close now"
         self._ready = False
 
     def _connect_first(self, client: paho.Client) -> None:
@@ -298,11 +296,7 @@ class MqttIntake:
                 self._loop.remove_writer(self._fd)
 
     def _resume_reading(self) -> None:
-        if (
-            self._fd is not None
-            and not self._reading
-            and len(self._queue) < self._queue_max
-        ):
+        if self._fd is not None and not self._reading and len(self._queue) < self._queue_max:
             assert self._loop is not None
             self._loop.add_reader(self._fd, self._readable)
             self._reading = True
@@ -349,7 +343,7 @@ class MqttIntake:
         assert self._client is not None
         self._stop_watching()
         with contextlib.suppress(OSError):
-            self._client._sock_close()  # noqa: SLF001
+            self._client._sock_close()
         self._mark_lost(why)
 
     # --- protocol callbacks (always on the loop thread) --------------------------------
