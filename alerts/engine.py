@@ -300,14 +300,15 @@ class AlertEngine:
             return
 
         await store.lock_subjects(conn, (w[1] for w in work))
-        states = await store.load_states(conn, [(w[0].rule_id, w[1]) for w in work])
-        saves: list[tuple[str, str, dict[str, Any], datetime | None]] = []
+        states = await store.load_state_rows(conn, [(w[0].rule_id, w[1]) for w in work])
+        saves: list[tuple[str, str, dict[str, Any] | str, datetime | None]] = []
         results: list[tuple[RuleBase, str, AlertContext, list[Action]]] = []
         offline_due: list[tuple[str, str]] = []
         replays: list[_Replay] = []
         for rule, subject, inp, ctx in work:
             # Each (rule, subject) occurs once per batch: the loaded dict is ours to change.
-            st = states.get((rule.rule_id, subject), {})
+            st, due = states.get((rule.rule_id, subject), ({}, None))
+            before = store.dump_state(st) if st else None
             late = _late_readings(rule, st, inp)
             if late:
                 assert inp.device is not None
@@ -322,7 +323,9 @@ class AlertEngine:
             self.counters.evaluations += 1
             if subject.startswith("bag:"):
                 out.state["dev"] = ctx.device_id
-            saves.append((rule.rule_id, subject, out.state, out.due))
+            after = store.dump_state(out.state)
+            if after != before or out.due != due:  # only what changed is written back
+                saves.append((rule.rule_id, subject, after, out.due))
             if out.actions:
                 results.append((rule, subject, ctx, out.actions))
             if isinstance(rule, NoDataRule) and out.state.get("lwt") is not None:

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -114,32 +115,56 @@ async def lock_subjects(conn: Conn, subjects: Iterable[str]) -> None:
 async def load_states(
     conn: Conn, keys: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], dict[str, Any]]:
+    return {k: v[0] for k, v in (await load_state_rows(conn, keys)).items()}
+
+
+async def load_state_rows(
+    conn: Conn, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[dict[str, Any], datetime | None]]:
+    """(state, due_at) of each key that has a row (decoded with orjson: the engine reads
+    a few per device on every batch)."""
     if not keys:
         return {}
     cur = await conn.execute(
-        "SELECT s.rule_id, s.subject, s.state FROM rule_state s"
+        "SELECT s.rule_id, s.subject, s.state::text, s.due_at FROM rule_state s"
         " JOIN unnest(%s::text[], %s::text[]) AS k(rule_id, subject)"
         " ON s.rule_id = k.rule_id AND s.subject = k.subject",
         ([k[0] for k in keys], [k[1] for k in keys]),
     )
-    return {(r[0], r[1]): dict(r[2]) for r in await cur.fetchall()}
+    return {(r[0], r[1]): (orjson.loads(r[2]), r[3]) for r in await cur.fetchall()}
+
+
+def dump_state(state: dict[str, Any]) -> str:
+    """Canonical JSON of a rule state (sorted keys): equal states give equal text."""
+    return orjson.dumps(state, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode()
 
 
 async def save_states(
     conn: Conn,
-    rows: Sequence[tuple[str, str, dict[str, Any], datetime | None]],
+    rows: Sequence[tuple[str, str, dict[str, Any] | str, datetime | None]],
     now: datetime,
 ) -> None:
+    """Upsert rule states in one statement; a state may be given already dumped."""
     if not rows:
         return
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO rule_state (rule_id, subject, state, due_at, updated_at)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (rule_id, subject) DO UPDATE"
-            " SET state = EXCLUDED.state, due_at = EXCLUDED.due_at,"
-            " updated_at = EXCLUDED.updated_at",
-            [(r, s, Jsonb(st), due, now) for r, s, st, due in rows],
-        )
+    unique = {
+        (r, s): (st if isinstance(st, str) else dump_state(st), due) for r, s, st, due in rows
+    }
+    await conn.execute(
+        "INSERT INTO rule_state (rule_id, subject, state, due_at, updated_at)"
+        " SELECT r, s, st::jsonb, d, %s"
+        " FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[]) AS u(r, s, st, d)"
+        " ON CONFLICT (rule_id, subject) DO UPDATE"
+        " SET state = EXCLUDED.state, due_at = EXCLUDED.due_at,"
+        " updated_at = EXCLUDED.updated_at",
+        (
+            now,
+            [k[0] for k in unique],
+            [k[1] for k in unique],
+            [v[0] for v in unique.values()],
+            [v[1] for v in unique.values()],
+        ),
+    )
 
 
 async def due_states(conn: Conn, now: datetime, limit: int) -> list[tuple[str, str]]:
