@@ -144,26 +144,27 @@ async def save_states(
     rows: Sequence[tuple[str, str, dict[str, Any] | str, datetime | None]],
     now: datetime,
 ) -> None:
-    """Upsert rule states in one statement; a state may be given already dumped."""
+    """Upsert rule states in one statement (one JSON document of all of them: cheaper to
+    send than arrays); a state may be given already dumped."""
     if not rows:
         return
     unique = {
         (r, s): (st if isinstance(st, str) else dump_state(st), due) for r, s, st, due in rows
     }
+    doc = orjson.dumps(
+        [
+            {"r": k[0], "s": k[1], "st": orjson.Fragment(v[0]), "d": v[1]}
+            for k, v in unique.items()
+        ]
+    ).decode()
     await conn.execute(
         "INSERT INTO rule_state (rule_id, subject, state, due_at, updated_at)"
-        " SELECT r, s, st::jsonb, d, %s"
-        " FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[]) AS u(r, s, st, d)"
+        " SELECT x.r, x.s, x.st, x.d, %s"
+        " FROM jsonb_to_recordset(%s::jsonb) AS x(r text, s text, st jsonb, d timestamptz)"
         " ON CONFLICT (rule_id, subject) DO UPDATE"
         " SET state = EXCLUDED.state, due_at = EXCLUDED.due_at,"
         " updated_at = EXCLUDED.updated_at",
-        (
-            now,
-            [k[0] for k in unique],
-            [k[1] for k in unique],
-            [v[0] for v in unique.values()],
-            [v[1] for v in unique.values()],
-        ),
+        (now, doc),
     )
 
 

@@ -35,24 +35,27 @@ logger = logging.getLogger(__name__)
 _STAGE = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_readings ("
     " ts timestamptz, device_id text, metric text, value double precision, seq bigint,"
-    " received_at timestamptz, ts_estimated boolean) ON COMMIT DELETE ROWS"
+    " received_at timestamptz, ts_estimated boolean, i integer) ON COMMIT DELETE ROWS"
 )
 _COPY = (
-    "COPY stage_readings (ts, device_id, metric, value, seq, received_at, ts_estimated)"
+    "COPY stage_readings (ts, device_id, metric, value, seq, received_at, ts_estimated, i)"
     " FROM STDIN (FORMAT BINARY)"
 )
-_COPY_TYPES = ["timestamptz", "text", "text", "float8", "int8", "timestamptz", "bool"]
+_COPY_TYPES = ["timestamptz", "text", "text", "float8", "int8", "timestamptz", "bool", "int4"]
 _STAGE_INSERT = (
     "INSERT INTO stage_readings SELECT * FROM unnest(%s::timestamptz[], %s::text[], %s::text[],"
-    " %s::float8[], %s::int8[], %s::timestamptz[], %s::bool[])"
+    " %s::float8[], %s::int8[], %s::timestamptz[], %s::bool[], %s::int4[])"
 )
-# Insert what is new, move latest_readings forward by event time only, return the new rows.
+# Insert what is new, move latest_readings forward by event time only; return how many
+# rows were new and, only when some were not (a redelivery, a re-sent backlog), which
+# staged rows they were: the first of equal keys, as the insert takes them in order.
 _MERGE = """
 WITH ins AS (
     INSERT INTO readings (ts, device_id, metric, value, seq, received_at, ts_estimated)
     SELECT ts, device_id, metric, value, seq, received_at, ts_estimated FROM stage_readings
+    ORDER BY i
     ON CONFLICT (device_id, metric, ts) DO NOTHING
-    RETURNING ts, device_id, metric, value, seq, received_at, ts_estimated
+    RETURNING ts, device_id, metric, value, received_at
 ), latest AS (
     INSERT INTO latest_readings (device_id, metric, ts, value, received_at)
     SELECT DISTINCT ON (device_id, metric) device_id, metric, ts, value, received_at
@@ -60,8 +63,14 @@ WITH ins AS (
     ON CONFLICT (device_id, metric) DO UPDATE
     SET ts = EXCLUDED.ts, value = EXCLUDED.value, received_at = EXCLUDED.received_at
     WHERE latest_readings.ts < EXCLUDED.ts
-)
-SELECT ts, device_id, metric, value, seq, received_at, ts_estimated FROM ins
+), n AS (SELECT count(*) AS stored FROM ins)
+SELECT n.stored, CASE WHEN n.stored < %s THEN (
+    SELECT array_agg(q.i ORDER BY q.i) FROM (
+        SELECT DISTINCT ON (s.device_id, s.metric, s.ts) s.i
+        FROM stage_readings s JOIN ins USING (device_id, metric, ts)
+        ORDER BY s.device_id, s.metric, s.ts, s.i) q
+) END
+FROM n
 """
 _EVENTS = """
 INSERT INTO events (ts, device_id, type, bag_id, attrs, received_at)
@@ -259,10 +268,12 @@ class Writer:
     async def _write_readings(
         self, conn: psycopg.AsyncConnection[Any], readings: list[Reading]
     ) -> list[Reading]:
+        """Stage, insert what is new; return the readings this batch stored (all of them,
+        unless some were already there: a redelivery or a re-sent backlog)."""
         await conn.execute(_STAGE)
         rows = [
-            (r.ts, r.device_id, r.metric, r.value, r.seq, r.received_at, r.ts_estimated)
-            for r in readings
+            (r.ts, r.device_id, r.metric, r.value, r.seq, r.received_at, r.ts_estimated, i)
+            for i, r in enumerate(readings)
         ]
         if self._method == "copy":
             async with conn.cursor() as cur, cur.copy(_COPY) as copy:
@@ -270,20 +281,12 @@ class Writer:
                 for row in rows:
                     await copy.write_row(row)
         else:
-            await conn.execute(_STAGE_INSERT, _columns(rows, 7))
-        cur = await conn.execute(_MERGE)
-        return [
-            Reading(
-                ts=r[0],
-                device_id=r[1],
-                metric=r[2],
-                value=r[3],
-                seq=r[4],
-                received_at=r[5],
-                ts_estimated=r[6],
-            )
-            for r in await cur.fetchall()
-        ]
+            await conn.execute(_STAGE_INSERT, _columns(rows, 8))
+        cur = await conn.execute(_MERGE, (len(readings),))
+        stored, new_rows = await cur.fetchone() or (0, None)
+        if stored == len(readings):
+            return readings
+        return [readings[i] for i in new_rows or ()]
 
     async def _write_events(
         self, conn: psycopg.AsyncConnection[Any], events: list[Event]

@@ -187,3 +187,29 @@ async def test_rows_caught_by_the_default_partition_move_when_their_partition_is
         (where,) = await cur.fetchone()  # type: ignore[misc]
         assert where.startswith("readings_p")
         await conn.execute("DELETE FROM readings WHERE device_id = %s", (dev,))
+
+
+
+async def check_only_new_readings_handed_on(dsn: str, method: str, dev: str) -> None:
+    """What reaches the alert engine: a batch that re-sends stored readings (and repeats
+    one of its own) yields exactly the readings stored by this write, in order."""
+    items = day_of_readings(dev)[:10]  # 2 readings per message
+    async with Writer(dsn=dsn, method=method) as writer:
+        first = await writer.write(items[:4], now=datetime.now(UTC))
+        assert first.new_readings == [r for p in items[:4] for r in p.readings]
+
+        again = await writer.write(items[:4] + items[4:10] + [items[5]], now=datetime.now(UTC))
+        assert again.new_readings == [r for p in items[4:10] for r in p.readings]
+        assert writer.stats.readings_duplicate == 8 + 2
+
+        nothing_new = await writer.write(items[2:6], now=datetime.now(UTC))
+        assert nothing_new.new_readings == []
+
+
+async def test_the_writer_hands_on_only_new_readings_postgres(pg_dsn, uid):
+    await check_only_new_readings_handed_on(pg_dsn, "copy", uid("dedup"))
+
+
+@pytest.mark.timescaledb
+async def test_the_writer_hands_on_only_new_readings_timescaledb(timescale_dsn, uid):
+    await check_only_new_readings_handed_on(timescale_dsn, "insert", uid("dedup"))
