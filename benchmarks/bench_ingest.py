@@ -104,14 +104,16 @@ def bare_subscriber(port: int, n: int, out: object) -> None:
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    state = {"n": 0, "first": 0.0, "last": 0.0}
+    state = {"n": 0, "first": 0.0, "last": 0.0, "cpu0": 0.0, "cpu1": 0.0}
 
     def on_message(_c: object, _u: object, msg: paho.MQTTMessage) -> None:
         orjson.loads(msg.payload)
         if state["n"] == 0:
             state["first"] = time.monotonic()
+            state["cpu0"] = time.process_time()
         state["n"] += 1
         state["last"] = time.monotonic()
+        state["cpu1"] = time.process_time()
 
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", protocol=paho.MQTTv5)
     c.on_message = on_message
@@ -122,23 +124,25 @@ def bare_subscriber(port: int, n: int, out: object) -> None:
     while state["n"] < n and time.monotonic() < deadline:
         time.sleep(0.01)
     c.loop_stop()
-    out.put((state["n"], state["first"], state["last"]))  # type: ignore[attr-defined]
+    cpu_per_msg = (state["cpu1"] - state["cpu0"]) / max(1, state["n"] - 1)
+    out.put((state["n"], state["first"], state["last"], cpu_per_msg))  # type: ignore[attr-defined]
 
 
-def run_bare_subscriber(n: int, devices: int, inflight: int, tmp: Path) -> float:
+def run_bare_subscriber(n: int, devices: int, inflight: int, tmp: Path) -> tuple[float, float]:
+    """(messages/s, CPU seconds per message of the subscriber process)."""
     broker, port = start_broker(inflight, tmp)
     try:
-        q: mp.Queue[tuple[int, float, float]] = mp.Queue()
+        q: mp.Queue[tuple[int, float, float, float]] = mp.Queue()
         sub = mp.Process(target=bare_subscriber, args=(port, n, q))
         sub.start()
         time.sleep(1.0)
         t_pub = time.monotonic()
         pub = mp.Process(target=publisher, args=(port, n, devices, None))
         pub.start()
-        got, _first, last = q.get(timeout=900)
+        got, _first, last, cpu = q.get(timeout=900)
         pub.join()
         sub.join()
-        return got / (last - t_pub)
+        return got / (last - t_pub), cpu
     finally:
         broker.terminate()
         broker.wait()
@@ -182,6 +186,12 @@ async def count_rows(dsn: str) -> int:
         return int((await cur.fetchone())[0])  # type: ignore[index]
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -200,7 +210,8 @@ async def run_pipeline(
     batch_rows: int,
     tmp: Path,
     alerts: bool = True,
-) -> tuple[float, list[float]]:
+) -> tuple[float, list[float], float]:
+    """(messages/s, RSS samples in MB, CPU seconds per message of the intake process)."""
     broker, port = start_broker(inflight, tmp)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHMON_")}
     env.update(
@@ -226,6 +237,7 @@ async def run_pipeline(
                 break
             await asyncio.sleep(0.05)
         t_pub = time.monotonic()
+        cpu0 = cpu_s(proc.pid)
         pub = mp.Process(target=publisher, args=(port, n, devices, None))
         pub.start()
         expected = 2 * n
@@ -237,8 +249,9 @@ async def run_pipeline(
             if time.monotonic() - t_pub > 900:
                 raise RuntimeError(f"pipeline stalled at {got}/{expected} rows")
         elapsed = time.monotonic() - t_pub
+        cpu = cpu_s(proc.pid) - cpu0
         pub.join()
-        return n / elapsed, rss
+        return n / elapsed, rss, cpu / n
     finally:
         proc.terminate()
         proc.wait(30)
@@ -333,13 +346,15 @@ async def main() -> None:
                 f"({2 * copy_rate:,.0f} rows/s) | |"
             )
             for inflight in [int(x) for x in args.inflight.split(",")]:
-                bare = run_bare_subscriber(n, d, inflight, tmp)
+                bare, bare_cpu = run_bare_subscriber(n, d, inflight, tmp)
                 lines.append(
-                    f"| bare paho subscriber, QoS 1, in-flight {inflight} | {bare:,.0f} msg/s | |"
+                    f"| bare paho subscriber, QoS 1, in-flight {inflight} | {bare:,.0f} msg/s | "
+                    f"CPU {bare_cpu * 1e6:.0f} µs/msg |"
                 )
+                print(lines[-1], flush=True)
                 for batch in [int(x) for x in args.batch_rows.split(",")]:
                     for alerts in [a == "on" for a in args.alerts.split(",")]:
-                        rate, rss = await run_pipeline(dsn, n, d, inflight, batch, tmp, alerts)
+                        rate, rss, cpu = await run_pipeline(dsn, n, d, inflight, batch, tmp, alerts)
                         async with await psycopg.AsyncConnection.connect(dsn) as conn:
                             await conn.execute(
                                 "TRUNCATE readings, latest_readings, rule_state, alerts CASCADE"
@@ -349,7 +364,8 @@ async def main() -> None:
                             f"| pipeline, in-flight {inflight}, batch {batch} rows, alert rules "
                             f"{'on' if alerts else 'off'} | "
                             f"{rate:,.0f} msg/s ({2 * rate:,.0f} readings/s) | "
-                            f"{rate / bare:.0%} of bare subscriber; RSS {min(rss):.0f}-"
+                            f"**{rate / bare:.0%}** of bare subscriber; CPU {cpu * 1e6:.0f} "
+                            f"µs/msg ({cpu / bare_cpu:.1f}× bare); RSS {min(rss):.0f}-"
                             f"{max(rss):.0f} MB |"
                         )
                         print(lines[-1], flush=True)

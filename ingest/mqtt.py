@@ -53,6 +53,21 @@ READ_BURST = 256
 MISC_INTERVAL_S = 1.0
 
 
+class _Client(paho.Client):
+    """paho's client, minus its per-message lookup of topic-specific callbacks (we add
+    none with `message_callback_add`): every PUBLISH goes straight to `on_message`."""
+
+    def _handle_on_message(self, message: paho.MQTTMessage) -> None:
+        on_message = self.on_message
+        if on_message is None:
+            return
+        try:
+            on_message(self, self._userdata, message)
+        except Exception:
+            logger.exception("handling a received message failed")
+            raise
+
+
 class BrokerError(RuntimeError):
     """The broker refused us or could not be reached."""
 
@@ -151,14 +166,14 @@ class MqttIntake:
         self._lost = asyncio.Event()
         self._settled = asyncio.Event()
         if self._v5:
-            client = paho.Client(
+            client = _Client(
                 CallbackAPIVersion.VERSION2,
                 client_id=self._client_id,
                 protocol=paho.MQTTv5,
                 manual_ack=True,
             )
         else:  # MQTT 3.1.1 brokers (the embedded one): a persistent session via clean_session
-            client = paho.Client(
+            client = _Client(
                 CallbackAPIVersion.VERSION2,
                 client_id=self._client_id,
                 protocol=paho.MQTTv311,
