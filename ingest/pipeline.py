@@ -100,6 +100,16 @@ class Ingest:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        w = self.writer.stats
+        logger.info(
+            "intake stopping: %d messages, %d readings in %d batches (%.0f readings per batch,"
+            " %.1f ms per write)",
+            self.messages_processed,
+            w.readings_written,
+            w.batches,
+            w.readings_written / max(1, w.batches),
+            1000 * w.write_seconds_total / max(1, w.batches),
+        )
         try:
             await self.intake.__aexit__(*exc)
         finally:
