@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -194,6 +195,17 @@ def _provisioner(settings: Settings) -> Any:
     return provisioner_from_settings(settings)
 
 
+def tune_gc() -> None:
+    """For a long-running service: what was loaded at start (the web framework, models,
+    rules) is moved out of the collector's sight, and young collections run less often.
+    The intake allocates a few short-lived objects per message; with the defaults the
+    collector ran every 700 of them and its full passes walked every object imported at
+    start, which profiling showed as a tenth of the intake's CPU."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def run_service(
     settings: Settings, *, api: bool, ingest: bool, notifier: bool | None = None
 ) -> int:
@@ -209,6 +221,7 @@ def run_service(
             await serve(settings, api=api, ingest=ingest, notifier=notifier)
         logger.info("stopped cleanly")
 
+    tune_gc()
     try:
         asyncio.run(main())
     except (ValueError, SchemaError, BrokerError, SpoolError) as exc:
