@@ -9,7 +9,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import orjson
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from healthmon.app import build_ingest
 from healthmon.settings import Settings
@@ -250,3 +253,46 @@ async def test_events_are_stored_once(pg_dsn, ingest_factory, publisher, uid):
         (dev,),
     )
     assert weight == "2.4"
+
+
+async def test_every_qos_and_mqtt5_properties_reach_the_database(
+    pg_dsn, ingest_factory, mqtt_broker, uid
+):
+    """The intake decodes plain QoS 0/1 PUBLISH packets itself and leaves the rest (QoS 2,
+    MQTT 5 properties) to paho: each kind is stored, with its payload intact."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    dev = uid("qos")
+    await register_device(pg_dsn, dev, "coldchain", profile="fridge")
+    await ingest_factory()
+    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id=uid("pub5"), protocol=paho.MQTTv5)
+    pub.connect(*mqtt_broker)
+    pub.loop_start()
+    try:
+        topic = f"hm/v1/coldchain/{dev}/telemetry"
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ContentType = "application/json"
+        props.UserProperty = ("firmware", "2.4.1")
+        props.MessageExpiryInterval = 3600
+        sent = [
+            (0, None, 4.0),
+            (1, None, 4.1),
+            (2, None, 4.2),
+            (1, props, 4.3),
+            (2, props, 4.4),
+        ]
+        for i, (qos, properties, value) in enumerate(sent):
+            body = orjson.dumps({"ts": T0 + i * 60_000, "seq": i, "values": {"temp_c": value}})
+            pub.publish(topic, body, qos=qos, properties=properties).wait_for_publish(10)
+        sql = "SELECT count(*) FROM readings WHERE device_id = %s"
+        await wait_for(lambda: _eq(count(pg_dsn, sql, dev), len(sent)))
+        values = await scalar(
+            pg_dsn,
+            "SELECT array_agg(value ORDER BY seq) FROM readings WHERE device_id = %s",
+            (dev,),
+        )
+        assert values == [v for _, _, v in sent]
+    finally:
+        pub.disconnect()
+        pub.loop_stop()

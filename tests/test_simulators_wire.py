@@ -102,7 +102,9 @@ def on_broker(mqtt_broker: Broker, uid: Callable[[str], str]) -> Iterator[Callab
                     chunk = res.messages[i : i + 400]
                     sent += publish_sync(chunk, transport).messages
                     assert sub.wait_for(lambda got, n=sent: len(got) >= n, 15.0), (
-                        len(sub.snapshot()), sent)
+                        len(sub.snapshot()),
+                        sent,
+                    )
             assert sent == len(res.messages)
             expected = len(res.messages)  # each drop comes back as its Last Will
             assert sub.wait_for(lambda got: len(got) >= expected, 15.0), (

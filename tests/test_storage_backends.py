@@ -189,7 +189,6 @@ async def test_rows_caught_by_the_default_partition_move_when_their_partition_is
         await conn.execute("DELETE FROM readings WHERE device_id = %s", (dev,))
 
 
-
 async def check_only_new_readings_handed_on(dsn: str, method: str, dev: str) -> None:
     """What reaches the alert engine: a batch that re-sends stored readings (and repeats
     one of its own) yields exactly the readings stored by this write, in order."""
