@@ -51,6 +51,10 @@ class Reading:
     seq: int | None = None
     received_at: datetime | None = None
     ts_estimated: bool = False  # no `ts` in the payload: receive time used
+    # ts_estimated, with a `seq`, in a message the broker marked as a redelivery (DUP):
+    # stored only if the device has no estimated-time reading of that seq and metric in
+    # the day before (a redelivery's receive time differs from the first delivery's).
+    redelivered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

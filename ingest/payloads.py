@@ -307,6 +307,7 @@ def _sample(
                 seq=sample.seq,
                 received_at=ctx.msg.received_at,
                 ts_estimated=estimated,
+                redelivered=estimated and ctx.msg.dup and sample.seq is not None,
             )
         )
 

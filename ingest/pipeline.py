@@ -29,7 +29,7 @@ from ingest.mqtt import Delivery, MqttIntake
 from ingest.payloads import Limits, parse_message, parse_topic
 from ingest.ratelimit import RateLimiter
 from ingest.registry import Registry
-from ingest.spool import FLAG_RATE_LIMITED, Segment, Spool, SpooledMessage
+from ingest.spool import FLAG_DUP, FLAG_RATE_LIMITED, Segment, Spool, SpooledMessage
 from ingest.writer import AlertHook, Writer
 
 logger = logging.getLogger(__name__)
@@ -287,7 +287,9 @@ class Ingest:
         for start in range(0, len(segment.messages), step):
             items = [
                 await self._parse_raw(
-                    RawMessage(m.topic, m.payload, m.received_at, qos=1),
+                    RawMessage(
+                        m.topic, m.payload, m.received_at, qos=1, dup=bool(m.flags & FLAG_DUP)
+                    ),
                     rate_limited=bool(m.flags & FLAG_RATE_LIMITED),
                 )
                 for m in segment.messages[start : start + step]
@@ -399,7 +401,8 @@ def _metric_lines(by_reason: dict[str, int]) -> Iterator[str]:
 def _spooled(d: Delivery, p: ParsedMessage) -> SpooledMessage:
     limited = any(r.reason == Reason.RATE_LIMITED for r in p.rejections)
     m = d.message
-    return SpooledMessage(m.topic, m.payload, m.received_at, FLAG_RATE_LIMITED if limited else 0)
+    flags = (FLAG_RATE_LIMITED if limited else 0) | (FLAG_DUP if m.dup else 0)
+    return SpooledMessage(m.topic, m.payload, m.received_at, flags)
 
 
 def _first_payload(item: ParsedMessage) -> tuple[str, datetime, bytes]:

@@ -34,6 +34,7 @@ _META = struct.Struct(">BqH")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SUFFIX = ".seg"
 FLAG_RATE_LIMITED = 1  # the intake had already rejected it as rate limited
+FLAG_DUP = 2  # the broker marked it as a redelivery (MQTT DUP)
 
 
 class SpoolError(RuntimeError):
@@ -276,6 +277,7 @@ def _unlink_durably(path: Path) -> None:
 
 
 __all__ = [
+    "FLAG_DUP",
     "FLAG_RATE_LIMITED",
     "Segment",
     "Spool",

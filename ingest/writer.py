@@ -35,16 +35,20 @@ logger = logging.getLogger(__name__)
 _STAGE = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_readings ("
     " ts timestamptz, device_id text, metric text, value double precision, seq bigint,"
-    " received_at timestamptz, ts_estimated boolean, i integer) ON COMMIT DELETE ROWS"
+    " received_at timestamptz, ts_estimated boolean, i integer, redelivered boolean)"
+    " ON COMMIT DELETE ROWS"
 )
 _COPY = (
-    "COPY stage_readings (ts, device_id, metric, value, seq, received_at, ts_estimated, i)"
+    "COPY stage_readings (ts, device_id, metric, value, seq, received_at, ts_estimated, i,"
+    " redelivered)"
     " FROM STDIN (FORMAT BINARY)"
 )
-_COPY_TYPES = ["timestamptz", "text", "text", "float8", "int8", "timestamptz", "bool", "int4"]
+_COPY_TYPES = [
+    "timestamptz", "text", "text", "float8", "int8", "timestamptz", "bool", "int4", "bool"
+]  # fmt: skip
 _STAGE_INSERT = (
     "INSERT INTO stage_readings SELECT * FROM unnest(%s::timestamptz[], %s::text[], %s::text[],"
-    " %s::float8[], %s::int8[], %s::timestamptz[], %s::bool[], %s::int4[])"
+    " %s::float8[], %s::int8[], %s::timestamptz[], %s::bool[], %s::int4[], %s::bool[])"
 )
 # Insert what is new, move latest_readings forward by event time only; return how many
 # rows were new and, only when some were not (a redelivery, a re-sent backlog), which
@@ -52,7 +56,12 @@ _STAGE_INSERT = (
 _MERGE = """
 WITH ins AS (
     INSERT INTO readings (ts, device_id, metric, value, seq, received_at, ts_estimated)
-    SELECT ts, device_id, metric, value, seq, received_at, ts_estimated FROM stage_readings
+    SELECT ts, device_id, metric, value, seq, received_at, ts_estimated FROM stage_readings s
+    WHERE NOT (s.redelivered AND EXISTS (
+        SELECT 1 FROM readings r
+        WHERE r.device_id = s.device_id AND r.metric = s.metric
+          AND r.ts > s.ts - interval '1 day' AND r.ts <= s.ts
+          AND r.ts_estimated AND r.seq = s.seq))
     ORDER BY i
     ON CONFLICT (device_id, metric, ts) DO NOTHING
     RETURNING ts, device_id, metric, value, received_at
@@ -272,7 +281,17 @@ class Writer:
         unless some were already there: a redelivery or a re-sent backlog)."""
         await conn.execute(_STAGE)
         rows = [
-            (r.ts, r.device_id, r.metric, r.value, r.seq, r.received_at, r.ts_estimated, i)
+            (
+                r.ts,
+                r.device_id,
+                r.metric,
+                r.value,
+                r.seq,
+                r.received_at,
+                r.ts_estimated,
+                i,
+                r.redelivered,
+            )
             for i, r in enumerate(readings)
         ]
         if self._method == "copy":
@@ -281,7 +300,7 @@ class Writer:
                 for row in rows:
                     await copy.write_row(row)
         else:
-            await conn.execute(_STAGE_INSERT, _columns(rows, 8))
+            await conn.execute(_STAGE_INSERT, _columns(rows, 9))
         cur = await conn.execute(_MERGE, (len(readings),))
         stored, new_rows = await cur.fetchone() or (0, None)
         if stored == len(readings):
