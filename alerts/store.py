@@ -152,10 +152,7 @@ async def save_states(
         (r, s): (st if isinstance(st, str) else dump_state(st), due) for r, s, st, due in rows
     }
     doc = orjson.dumps(
-        [
-            {"r": k[0], "s": k[1], "st": orjson.Fragment(v[0]), "d": v[1]}
-            for k, v in unique.items()
-        ]
+        [{"r": k[0], "s": k[1], "st": orjson.Fragment(v[0]), "d": v[1]} for k, v in unique.items()]
     ).decode()
     await conn.execute(
         "INSERT INTO rule_state (rule_id, subject, state, due_at, updated_at)"
