@@ -202,6 +202,40 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+async def start_intake(
+    dsn: str, port: int, client_id: str, tmp: Path, **settings: str
+) -> subprocess.Popen[bytes]:
+    """`healthmon ingest` as its own process, returned once it has subscribed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHMON_")}
+    env.update(
+        HEALTHMON_DATABASE_URL=dsn,
+        HEALTHMON_MQTT_URL=f"mqtt://127.0.0.1:{port}",
+        HEALTHMON_MQTT_CLIENT_ID=client_id,
+        HEALTHMON_DEVICE_RATE_LIMIT_PER_S="0",
+        **{f"HEALTHMON_{k.upper()}": v for k, v in settings.items()},
+    )
+    path = tmp / f"{client_id}.log"
+    with path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "healthmon.cli", "ingest"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    for _ in range(400):
+        if b"connected to" in path.read_bytes():
+            return proc
+        await asyncio.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"the intake did not start: {path.read_text()[-2000:]}")
+
+
+def stop(*procs: subprocess.Popen[bytes]) -> None:
+    for proc in procs:
+        proc.terminate()
+        proc.wait(30)
+
+
 async def run_pipeline(
     dsn: str,
     n: int,
@@ -213,29 +247,21 @@ async def run_pipeline(
 ) -> tuple[float, list[float], float]:
     """(messages/s, RSS samples in MB, CPU seconds per message of the intake process)."""
     broker, port = start_broker(inflight, tmp)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHMON_")}
-    env.update(
-        HEALTHMON_DATABASE_URL=dsn,
-        HEALTHMON_MQTT_URL=f"mqtt://127.0.0.1:{port}",
-        HEALTHMON_MQTT_CLIENT_ID="bench-ingest",
-        HEALTHMON_BATCH_MAX_ROWS=str(batch_rows),
-        HEALTHMON_DEVICE_RATE_LIMIT_PER_S="0",
-        HEALTHMON_MQTT_RECEIVE_MAXIMUM="65535",
-        HEALTHMON_EVALUATE_ALERTS=str(alerts).lower(),
-    )
-    log = (tmp / "ingest.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "healthmon.cli", "ingest"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    try:
+        proc = await start_intake(
+            dsn,
+            port,
+            "bench-ingest",
+            tmp,
+            batch_max_rows=str(batch_rows),
+            mqtt_receive_maximum="65535",
+            evaluate_alerts=str(alerts).lower(),
+        )
+    except BaseException:
+        stop(broker)
+        raise
     rss: list[float] = []
     try:
-        for _ in range(200):
-            if b"connected to" in (tmp / "ingest.log").read_bytes():
-                break
-            await asyncio.sleep(0.05)
         t_pub = time.monotonic()
         cpu0 = cpu_s(proc.pid)
         pub = mp.Process(target=publisher, args=(port, n, devices, None))
@@ -253,31 +279,19 @@ async def run_pipeline(
         pub.join()
         return n / elapsed, rss, cpu / n
     finally:
-        proc.terminate()
-        proc.wait(30)
-        broker.terminate()
-        broker.wait()
+        stop(proc, broker)
 
 
 async def soak(dsn: str, seconds: float, rate: int, devices: int, tmp: Path) -> list[float]:
     """Publish at a fixed rate for `seconds`; sample the intake's memory each 5 s."""
     broker, port = start_broker(1000, tmp)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHMON_")}
-    env.update(
-        HEALTHMON_DATABASE_URL=dsn,
-        HEALTHMON_MQTT_URL=f"mqtt://127.0.0.1:{port}",
-        HEALTHMON_MQTT_CLIENT_ID="bench-soak",
-        HEALTHMON_DEVICE_RATE_LIMIT_PER_S="0",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "healthmon.cli", "ingest"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    try:
+        proc = await start_intake(dsn, port, "bench-soak", tmp)
+    except BaseException:
+        stop(broker)
+        raise
     samples: list[float] = []
     try:
-        await asyncio.sleep(2)
         chunk = rate * 5
         i = 0
         end = time.monotonic() + seconds
@@ -291,10 +305,59 @@ async def soak(dsn: str, seconds: float, rate: int, devices: int, tmp: Path) -> 
             await asyncio.sleep(max(0.0, 5 - (time.monotonic() - t)))
         return samples
     finally:
-        proc.terminate()
-        proc.wait(30)
-        broker.terminate()
-        broker.wait()
+        stop(proc, broker)
+
+
+def _paced(port: int, rate: float, n: int, devices: int, sent: object) -> None:
+    """Publish n messages at `rate` per second; put (seq, wall time) of each on `sent`."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"lat-{secrets.token_hex(3)}")
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    start = time.monotonic()
+    for i in range(n):
+        time.sleep(max(0.0, start + i / rate - time.monotonic()))
+        topic, body = message(1_000_000 + i, devices)
+        t = time.time()
+        c.publish(topic, body, qos=1).wait_for_publish(10)
+        sent.put((1_000_000 + i, t))  # type: ignore[attr-defined]
+    c.disconnect()
+    c.loop_stop()
+
+
+async def latency(dsn: str, rate: float, seconds: float, devices: int, tmp: Path) -> list[float]:
+    """Publish -> committed row at a low rate, alert rules on (the default): seconds per
+    message, the row's arrival seen by polling the database every 5 ms."""
+    broker, port = start_broker(1000, tmp)
+    try:
+        proc = await start_intake(dsn, port, "bench-latency", tmp)
+    except BaseException:
+        stop(broker)
+        raise
+    n = int(rate * seconds)
+    seen: dict[int, float] = {}
+    try:
+        q: mp.Queue[tuple[int, float]] = mp.Queue()
+        pub = mp.Process(target=_paced, args=(port, rate, n, devices, q))
+        pub.start()
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            deadline = time.monotonic() + seconds + 30
+            while len(seen) < n and time.monotonic() < deadline:
+                cur = await conn.execute(
+                    "SELECT DISTINCT seq FROM readings WHERE seq >= 1000000 AND NOT seq = ANY(%s)",
+                    (list(seen),),
+                )
+                now = time.time()
+                for (seq,) in await cur.fetchall():
+                    seen[seq] = now
+                await asyncio.sleep(0.005)
+        await asyncio.to_thread(pub.join)
+        sent = dict(q.get() for _ in range(n))
+        return sorted(seen[k] - sent[k] for k in seen)
+    finally:
+        stop(proc, broker)
 
 
 def _publish_range(port: int, start: int, n: int, devices: int) -> None:
@@ -321,6 +384,8 @@ async def main() -> None:
     ap.add_argument("--alerts", default="off,on", help="alert evaluation in the intake")
     ap.add_argument("--soak-s", type=float, default=0, help="also a soak run of this length")
     ap.add_argument("--soak-rate", type=int, default=2000)
+    ap.add_argument("--latency-rate", type=float, default=20, help="0: no latency run")
+    ap.add_argument("--latency-s", type=float, default=15)
     args = ap.parse_args()
     name = f"healthmon_bench_{secrets.token_hex(3)}"
     with psycopg.connect(ADMIN, autocommit=True) as c:
@@ -369,6 +434,18 @@ async def main() -> None:
                             f"{max(rss):.0f} MB |"
                         )
                         print(lines[-1], flush=True)
+            if args.latency_rate:
+                lat = await latency(dsn, args.latency_rate, args.latency_s, d, tmp)
+
+                def pct(p: float) -> float:
+                    return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000
+
+                lines.append(
+                    f"| publish -> committed row at {args.latency_rate:g} msg/s, rules on "
+                    f"({len(lat)} messages) | p50 {pct(0.5):.0f} ms, p99 {pct(0.99):.0f} ms, "
+                    f"max {lat[-1] * 1000:.0f} ms | |"
+                )
+                print(lines[-1], flush=True)
             if args.soak_s:
                 samples = await soak(dsn, args.soak_s, args.soak_rate, d, tmp)
                 lines.append(
