@@ -291,3 +291,29 @@ async def test_leftover_spool_with_a_torn_tail_and_a_replayed_part_is_stored_onc
 
 def _raw(m: SpooledMessage) -> RawMessage:
     return RawMessage(m.topic, m.payload, m.received_at, qos=1)
+
+
+async def test_a_full_intake_queue_stops_reading_the_broker_and_loses_nothing(
+    pg_dsn, db_proxy, broker, start_ingest, uid
+):
+    """Backpressure: with the database gone the intake's queue fills to its bound, it
+    stops reading the broker's socket (the rest waits at the broker, unacknowledged),
+    and once the database is back it reads again and stores every reading once."""
+    proxy, dsn = db_proxy
+    dev = uid("rel-queue")
+    await register_device(pg_dsn, dev, "coldchain", profile="fridge")
+    pipeline = await start_ingest(
+        settings_for(dsn, broker, queue_max_messages=40, batch_max_rows=20)
+    )
+    pub = RetryingPublisher(*broker.address)
+    proxy.cut()
+    stream(pub, telemetry(dev, 400)).join()  # within the broker's queue (1000)
+    await wait_for(lambda: pipeline.intake.stats.read_pauses >= 1, timeout_s=10)
+    await asyncio.sleep(0.5)
+    assert pipeline.intake.queue_depth() <= 40
+    assert pipeline.intake.stats.received < 400  # the rest is still at the broker
+    assert pipeline.intake.stats.acked == 0
+    proxy.restore()
+    await wait_for(lambda: _eq(readings_of(pg_dsn, dev), 800), timeout_s=30)
+    pub.close()
+    assert await duplicates_of(pg_dsn, dev) == 0
