@@ -412,8 +412,15 @@ class SimDevice:
             self.value_faults.append(spike)
         stored = delivered and malformed is None
         for f in self.value_faults:
-            if stored and f.ended_at is None and f.kind in (Kind.OUT_OF_RANGE, Kind.SENSOR_ERROR):
+            if not stored or f.ended_at is not None:
+                continue
+            if f.kind in (Kind.OUT_OF_RANGE, Kind.SENSOR_ERROR):
                 f.data["bad"] += 1  # consecutive: every sample in the episode is bad
+            elif f.kind == Kind.STUCK:
+                # What the service sees of it: the frozen samples that reach it.
+                f.data.setdefault("first_stored", t)
+                f.data["last_stored"] = t
+                f.data["stored"] = f.data.get("stored", 0) + 1
         if stored and self.skew is None:
             self._feed_rules(t, rounded, out)
         if d is not None:
@@ -535,6 +542,10 @@ class SimDevice:
         rec.end = rec.at = t
         rec.expected_rule, rec.expected_at = tr.rule.rule_id, t
         rec.detail["rule"] = tr.rule.params()
+        d = self.delivery
+        if d is not None:  # seen in a backlog: known once (and if) it is uploaded
+            d.data.setdefault("natural", []).append(rec)
+            return
         out.append(rec)
 
     # -- fault end -------------------------------------------------------------------------------
@@ -564,6 +575,9 @@ class SimDevice:
             out.append(Message(t, dev, self.s_topic, ONLINE, retain=True))
             out.append(rec)
             return
+        for natural in d.data.pop("natural", []):
+            natural.at = t
+            out.append(natural)
         samples = self.buffer
         self.buffer = []
         if d.kind == Kind.OUT_OF_ORDER:
@@ -617,8 +631,12 @@ class SimDevice:
             rec.detail["bad_samples"] = f.data["bad"]
             if f.data["bad"] >= R.SENSOR_FAULT_COUNT:
                 rec.expected_rule = R.SENSOR_FAULT
-        elif f.kind == Kind.STUCK and rec.end - rec.start >= R.STUCK_FOR_S:
-            rec.expected_rule, rec.expected_at = R.STUCK, rec.start + R.STUCK_FOR_S
+        elif f.kind == Kind.STUCK and "first_stored" in f.data:
+            # Expected only if the frozen value reached the service for long enough: a
+            # device offline for most of the fault shows the service too little of it.
+            first, last = f.data["first_stored"], f.data["last_stored"]
+            if last - first >= R.STUCK_FOR_S and f.data["stored"] >= R.STUCK_MIN_READINGS:
+                rec.expected_rule, rec.expected_at = R.STUCK, first + R.STUCK_FOR_S
         fired = f.fired
         if fired:
             ids = list(dict.fromkeys(r for r, _ in fired))
@@ -648,7 +666,15 @@ class SimDevice:
             if d.kind == Kind.OFFLINE:
                 out.append(d.record)
             else:
-                # The backlog was never uploaded within the run.
+                # The backlog was never uploaded within the run: rule crossings seen only in
+                # it never reached the service, so they are not expected of it.
+                for f in self.value_faults:
+                    f.fired = [(r, ts) for r, ts in f.fired if ts < d.start]
+                for natural in d.data.pop("natural", []):
+                    natural.expected_rule, natural.expected_at = None, None
+                    natural.detail["undelivered"] = True
+                    natural.at = end
+                    out.append(natural)
                 d.record.detail["samples"] = len(self.buffer)
                 last = d.data["last_delivered"]
                 gap_limit = R.NO_DATA_INTERVALS * self.interval_s

@@ -26,6 +26,7 @@ COLLECTED_UNSEALED: Final = "waste.collected_unsealed"
 NO_DATA_INTERVALS: Final = 3
 SENSOR_FAULT_COUNT: Final = 3
 STUCK_FOR_S: Final = 3600.0
+STUCK_MIN_READINGS: Final = 3
 # 医疗废物管理条例 第十七条: temporary storage at most 2 days.
 STORAGE_LIMIT_S: Final = 48 * 3600.0
 # standards.md: collected weight differing from the sealed weight by more than
