@@ -363,3 +363,18 @@ def test_reference_rule_tracker(
 def test_every_reference_rule_names_a_catalogue_metric() -> None:
     for rule in REFERENCE_RULES:
         assert rule.metric in CATALOGUE[rule.domain]
+
+
+@pytest.mark.parametrize(("outage_after_s", "expected"), [(None, "device.stuck"), (600.0, None)])
+def test_a_stuck_sensor_the_service_barely_saw_is_not_expected_to_alert(
+    outage_after_s: float | None, expected: str | None
+) -> None:
+    """The truth says what the service can know: a value frozen for two hours is a stuck
+    alert, unless the device went offline ten minutes into it and came back unfrozen."""
+    inj = [Injection("stuck", START + HOUR, duration_s=2 * HOUR)]
+    if outage_after_s is not None:
+        inj.append(Injection("offline", START + HOUR + outage_after_s, duration_s=2.5 * HOUR))
+    fleet = build_fleet("water", 1, seed=8, injections=inj)
+    res = fleet.simulate(START, START + 6 * HOUR)
+    (rec,) = [r for r in res.truth if r.kind == "stuck"]
+    assert rec.expected_rule == expected
