@@ -108,6 +108,8 @@ class SimDevice:
         self.skew: _Fault | None = None
         self.buffer: list[dict[str, Any]] = []
         self.held_events: list[dict[str, Any]] = []
+        # Bag events lost while the device was offline: bag_id -> event types.
+        self.lost_bag_events: dict[str, set[str]] = {}
         self.events: list[tuple[float, int, str, dict[str, Any]]] = []
         self.ev_counter = 0
         self.seq = 0
@@ -360,7 +362,8 @@ class SimDevice:
             out.append(Message(ev[0], self.spec.device_id, self.e_topic, _dumps(body)))
         elif d.kind != Kind.OFFLINE:
             self.held_events.append(body)
-        # offline: the event is lost with the device
+        elif "bag_id" in fields:  # offline: the event is lost with the device
+            self.lost_bag_events.setdefault(str(fields["bag_id"]), set()).add(typ)
 
     def _waste_record(
         self,
@@ -377,12 +380,19 @@ class SimDevice:
         rec = self._record(kind, start)
         rec.end, rec.open = end, open_
         rec.detail = {"bag_id": bag_id, **{k: round(v, 3) for k, v in detail.items()}}
+        # What the service can find depends on which of the bag's events reached it.
+        lost = self.lost_bag_events.pop(bag_id, set()) if kind != Kind.BAG_OVERDUE else set()
         if kind == Kind.BAG_OVERDUE:
-            rec.expected_rule, rec.expected_at = R.STORAGE_OVERDUE, start + R.STORAGE_LIMIT_S
-        elif kind == Kind.WEIGHT_MISMATCH:
+            if "bag_stored" not in self.lost_bag_events.get(bag_id, ()):
+                rec.expected_rule, rec.expected_at = R.STORAGE_OVERDUE, start + R.STORAGE_LIMIT_S
+        elif "bag_collected" in lost:
+            pass  # the collection never reached the service: nothing to find
+        elif kind == Kind.WEIGHT_MISMATCH and "bag_sealed" not in lost:
             rec.expected_rule, rec.expected_at = R.WEIGHT_MISMATCH, end
-        else:
+        else:  # collected unsealed, or a mismatch whose sealing the service never saw
             rec.expected_rule, rec.expected_at = R.COLLECTED_UNSEALED, end
+        if lost:
+            rec.detail["undelivered"] = sorted(lost)
         rec.at = t
         out.append(rec)
 
@@ -596,7 +606,8 @@ class SimDevice:
         rec.detail.update(samples=len(samples), batches=math.ceil(len(samples) / BATCH_MAX))
         last = d.data["last_delivered"]
         gap_limit = R.NO_DATA_INTERVALS * self.interval_s
-        if last is not None and t - last > gap_limit:
+        # An upload just after the silence became due may beat the service's next check.
+        if last is not None and t - last > gap_limit + R.DETECTION_SLACK_S:
             rec.expected_rule, rec.expected_at = R.OFFLINE, last + gap_limit
         if samples:
             self.last_delivered = t
@@ -678,7 +689,7 @@ class SimDevice:
                 d.record.detail["samples"] = len(self.buffer)
                 last = d.data["last_delivered"]
                 gap_limit = R.NO_DATA_INTERVALS * self.interval_s
-                if last is not None and end - last > gap_limit:
+                if last is not None and end - last > gap_limit + R.DETECTION_SLACK_S:
                     d.record.expected_rule, d.record.expected_at = R.OFFLINE, last + gap_limit
                 out.append(d.record)
         if self.skew is not None:
