@@ -378,3 +378,25 @@ def test_a_stuck_sensor_the_service_barely_saw_is_not_expected_to_alert(
     res = fleet.simulate(START, START + 6 * HOUR)
     (rec,) = [r for r in res.truth if r.kind == "stuck"]
     assert rec.expected_rule == expected
+
+
+def test_a_bag_finding_follows_the_bag_events_the_service_received() -> None:
+    """A bag sealed while its storage-room device was offline and then collected with
+    the wrong weight: the service never saw the sealing, so what it can find is a bag
+    collected unsealed, and that is what the truth expects of it."""
+    inj = [
+        Injection("offline", START, device=0, duration_s=5 * HOUR),  # 08:00-13:00 local
+        Injection("weight_mismatch", START + HOUR),
+    ]
+    fleet = build_fleet("waste", 1, seed=9, injections=inj)
+    res = fleet.simulate(START, START + 2 * DAY)
+    (rec,) = [r for r in res.truth if r.kind == "weight_mismatch"]
+    bag = rec.detail["bag_id"]
+    published = {
+        orjson.loads(m.payload)["type"]
+        for m in res.messages
+        if m.topic.endswith("/event") and orjson.loads(m.payload).get("bag_id") == bag
+    }
+    assert "bag_sealed" not in published and "bag_collected" in published
+    assert rec.expected_rule == "waste.collected_unsealed"
+    assert "bag_sealed" in rec.detail["undelivered"]
