@@ -41,6 +41,7 @@ def build_ingest(settings: Settings, *, alert_hook: AlertHook | None = None) -> 
         username=target.username,
         password=target.password.get_secret_value() if target.password else None,
         tls=target.tls,
+        ca_file=settings.broker_ca_file,
         share_group=settings.mqtt_share_group,
         queue_max=settings.queue_max_messages,
         keepalive_s=settings.mqtt_keepalive_s,

@@ -50,7 +50,9 @@ class Settings(BaseSettings):
         "set, device create/delete/disable provisions the broker (docs/deploy.md)",
     )
     broker_ca_file: str | None = Field(
-        default=None, description="CA bundle to verify the broker when broker_admin_url is mqtts://"
+        default=None,
+        description="CA bundle to verify the broker on mqtts:// (the intake's HEALTHMON_MQTT_URL"
+        " and broker_admin_url); default: the system's CAs",
     )
 
     # Writer

@@ -185,6 +185,7 @@ class MqttIntake:
         username: str | None = None,
         password: str | None = None,
         tls: bool = False,
+        ca_file: str | None = None,
         share_group: str | None = None,
         queue_max: int = 20000,
         keepalive_s: int = 30,
@@ -198,7 +199,7 @@ class MqttIntake:
         self._host, self._port = host, port
         self._client_id = client_id
         self._username, self._password = username, password
-        self._tls = tls
+        self._tls, self._ca_file = tls, ca_file
         self._topic = f"$share/{share_group}/{SUBSCRIPTION}" if share_group else SUBSCRIPTION
         self._queue_max = max(1, queue_max)
         self._keepalive_s = keepalive_s
@@ -262,7 +263,7 @@ class MqttIntake:
         if self._username:
             client.username_pw_set(self._username, self._password)
         if self._tls:
-            client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+            client.tls_set(ca_certs=self._ca_file, cert_reqs=ssl.CERT_REQUIRED)
         client.connect_timeout = self._connect_timeout_s
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

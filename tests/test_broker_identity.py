@@ -9,6 +9,7 @@ is never touched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pwd
@@ -27,6 +28,7 @@ from typing import Any
 
 import httpx
 import paho.mqtt.client as paho
+import psycopg
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
@@ -39,7 +41,10 @@ from api.broker_provisioning import (
     DynsecProvisioner,
     provisioner_from_settings,
 )
+from healthmon.app import build_ingest
+from healthmon.settings import Settings
 from tests.conftest import ROOT, _wait_port, free_port
+from tests.mqtt_helpers import wait_for
 from tests.test_api_support import make_keys, settings_for
 
 DEPLOY = ROOT / "deploy"
@@ -500,3 +505,48 @@ def test_provisioner_is_configured_only_by_the_admin_url() -> None:
     assert provisioner_from_settings(settings_for(dsn)) is None
     with pytest.raises(ValueError, match="username"):
         provisioner_from_settings(settings_for(dsn, broker_admin_url="mqtt://host:1883"))
+
+
+async def test_the_intake_stores_what_a_device_sends_over_tls(
+    api: Api, broker: Broker, pg_dsn: str, clients: Callable[..., Client], uid: Any
+) -> None:
+    """The service's intake on the TLS listener, verifying the broker with our CA and
+    logging in with the service account: a burst of messages (read from the socket in
+    large decrypted chunks) is stored once each."""
+    device_id = uid("tls")
+    password = await _create_device(api, device_id, profile="fridge")
+    user, secret = broker.service
+    pipeline = build_ingest(
+        Settings(  # type: ignore[call-arg]
+            _env_file=None,
+            database_url=pg_dsn,
+            mqtt_url=f"mqtts://{user}:{secret}@127.0.0.1:{broker.tls_port}",
+            broker_ca_file=str(broker.ca_file),
+            mqtt_client_id=uid("ingest-tls"),
+            mqtt_session_expiry_s=60,
+            retention_days=60,
+            device_rate_limit_per_s=0,
+        )
+    )
+    await pipeline.__aenter__()
+    task = asyncio.create_task(pipeline.run())
+    try:
+        dev = clients(broker.tls_port, device_id, password, ca_file=broker.ca_file)
+        assert dev.accepted, dev.reason
+        t0 = int(time.time() // 60 * 60 - 3600) * 1000
+        topic = f"hm/v1/coldchain/{device_id}/telemetry"
+        for i in range(300):
+            body = {"ts": t0 + i * 1000, "seq": i, "values": {"temp_c": 4 + i % 10 / 10}}
+            assert dev.publish(topic, json.dumps(body).encode()) == 0
+        sql = "SELECT count(*), count(DISTINCT seq) FROM readings WHERE device_id = %s"
+        await wait_for(lambda: _row(pg_dsn, sql, device_id, (300, 300)), timeout_s=20)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await pipeline.__aexit__(None, None, None)
+
+
+async def _row(dsn: str, sql: str, param: str, want: tuple[int, int]) -> bool:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        return await (await conn.execute(sql, (param,))).fetchone() == want
