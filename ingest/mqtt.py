@@ -243,23 +243,19 @@ class MqttIntake:
         self._loop_thread = threading.get_ident()
         self._lost = asyncio.Event()
         self._settled = asyncio.Event()
-        if self._v5:
-            client = _Client(
-                CallbackAPIVersion.VERSION2,
-                deliver=self._on_publish,
-                client_id=self._client_id,
-                protocol=paho.MQTTv5,
-                manual_ack=True,
-            )
-        else:  # MQTT 3.1.1 brokers (the embedded one): a persistent session via clean_session
-            client = _Client(
-                CallbackAPIVersion.VERSION2,
-                deliver=self._on_publish,
-                client_id=self._client_id,
-                protocol=paho.MQTTv311,
-                clean_session=False,
-                manual_ack=True,
-            )
+        # MQTT 3.1.1 brokers (the embedded one): a persistent session via clean_session.
+        session: dict[str, Any] = (
+            {"protocol": paho.MQTTv5}
+            if self._v5
+            else {"protocol": paho.MQTTv311, "clean_session": False}
+        )
+        client = _Client(
+            CallbackAPIVersion.VERSION2,
+            deliver=self._on_publish,
+            client_id=self._client_id,
+            manual_ack=True,
+            **session,
+        )
         if self._username:
             client.username_pw_set(self._username, self._password)
         if self._tls:
