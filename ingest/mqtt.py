@@ -84,6 +84,8 @@ class _Client(paho.Client):
         if qos > 1 or len(packet) < 2:
             return super()._handle_publish()
         pos = 2 + ((packet[0] << 8) | packet[1])
+        if pos > len(packet):
+            return super()._handle_publish()  # malformed: paho reports it
         topic = packet[2:pos]
         mid = 0
         if qos:
