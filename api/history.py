@@ -289,6 +289,56 @@ async def device_limits(conn: Conn, *, device: Mapping[str, Any], metric: str) -
     return limits_from_rules(rules, device=device, metric=metric)
 
 
+class LimitsIndex:
+    """The enabled rules that bound a metric, by metric: many devices' limits at once
+    (the latest-values endpoints) from one query."""
+
+    def __init__(self, rules: Sequence[Mapping[str, Any]]) -> None:
+        self._by_metric: dict[str, list[Mapping[str, Any]]] = {}
+        self._by_site: set[str] = set()  # metrics with a rule scoped to sites
+        self._by_device: set[str] = set()  # ... or to devices
+        for rule in rules:
+            body = rule.get("body") or {}
+            metric = body.get("metric")
+            if not isinstance(metric, str):
+                continue
+            self._by_metric.setdefault(metric, []).append(rule)
+            scope = body.get("scope") or {}
+            if scope.get("site_ids"):
+                self._by_site.add(metric)
+            if scope.get("device_ids"):
+                self._by_device.add(metric)
+        # Devices alike in what scopes look at share their limits.
+        self._memo: dict[tuple[Any, ...], Limits | None] = {}
+
+    def limits(self, device: Mapping[str, Any], metric: str) -> Limits | None:
+        key = (
+            metric,
+            device.get("domain"),
+            device.get("profile"),
+            device.get("region"),
+            device.get("site_id") if metric in self._by_site else None,
+            device.get("device_id") if metric in self._by_device else None,
+        )
+        if key not in self._memo:
+            rules = [
+                r
+                for r in self._by_metric.get(metric, ())
+                if r.get("region") in (None, device.get("region"))
+            ]
+            self._memo[key] = (
+                limits_from_rules(rules, device=device, metric=metric) if rules else None
+            )
+        return self._memo[key]
+
+
+async def limits_index(conn: Conn) -> LimitsIndex:
+    cur = await conn.execute(
+        "SELECT rule_id, body, region FROM rules WHERE enabled AND body ? 'metric' ORDER BY rule_id"
+    )
+    return LimitsIndex(await cur.fetchall())
+
+
 # --- CSV export ---------------------------------------------------------------------------
 
 

@@ -109,12 +109,30 @@ class DeviceCreated(Device):
     mqtt: MqttCredentials
 
 
+class LimitsOut(BaseModel):
+    low: float | None
+    high: float | None
+    rule_ids: list[str]
+
+    @classmethod
+    def of(cls, limits: Any) -> LimitsOut | None:
+        """From api.history.Limits (or None)."""
+        if limits is None:
+            return None
+        return cls(low=limits.low, high=limits.high, rule_ids=list(limits.rule_ids))
+
+
 class LatestValue(BaseModel):
     metric: str
     ts: datetime = Field(description="event time of the newest reading")
     value: float | None
     received_at: datetime
     unit: str | None = None
+    limits: LimitsOut | None = Field(
+        default=None,
+        description="the band the device's enabled threshold rules allow for this metric"
+        " (as on GET /readings); null when no rule bounds it",
+    )
 
 
 class DeviceLatest(BaseModel):
@@ -144,12 +162,6 @@ class ReadingPoint(BaseModel):
     in_range_s: float | None = Field(
         default=None, description="bucket: seconds within the rule limits (see docs/api.md)"
     )
-
-
-class LimitsOut(BaseModel):
-    low: float | None
-    high: float | None
-    rule_ids: list[str]
 
 
 class ReadingsPage(BaseModel):

@@ -195,9 +195,7 @@ async def _bucketed(
         bucket=bucket,
         agg=agg,
         unit=unit,
-        limits=LimitsOut(low=limits.low, high=limits.high, rule_ids=list(limits.rule_ids))
-        if limits
-        else None,
+        limits=LimitsOut.of(limits),
         items=[ReadingPoint(metric=metric, **p) for p in points],
         next_cursor=nxt,
     )

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from api import store
+from api import history, store
 from api.auth import Admin, Principal, Viewer, check_region
 from api.models import (
     Device,
@@ -22,6 +22,7 @@ from api.models import (
     DevicePatch,
     Domain,
     LatestValue,
+    LimitsOut,
     MqttCredentials,
     Page,
     Site,
@@ -255,18 +256,32 @@ async def latest_all(
             limit=limit,
         )
         rows = await store.latest_for_devices(conn, [d["device_id"] for d in devices])
-    domains = {d["device_id"]: d["domain"] for d in devices}
-    by_device: dict[str, list[LatestValue]] = {}
+        index = await history.limits_index(conn)
+    by_device: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        units = CATALOGUE.get(domains[r["device_id"]], {})
-        unit = units[r["metric"]].unit if r["metric"] in units else None
-        by_device.setdefault(r["device_id"], []).append(LatestValue(**r, unit=unit))
-    items = [_latest(d, by_device.get(d["device_id"], [])) for d in devices]
+        by_device.setdefault(r["device_id"], []).append(r)
+    items = [_latest(d, by_device.get(d["device_id"], []), index) for d in devices]
     nxt = encode_cursor(devices[-1]["device_id"]) if len(devices) == limit else None
     return Page[DeviceLatest](items=items, next_cursor=nxt)
 
 
-def _latest(device: dict[str, Any], metrics: list[LatestValue]) -> DeviceLatest:
+def _latest(
+    device: dict[str, Any], rows: list[dict[str, Any]], index: history.LimitsIndex
+) -> DeviceLatest:
+    """A device's latest values with the unit and the rule limits of each metric."""
+    units = CATALOGUE.get(device["domain"], {})
+    metrics = []
+    for r in rows:
+        metrics.append(
+            LatestValue(
+                metric=r["metric"],
+                ts=r["ts"],
+                value=r["value"],
+                received_at=r["received_at"],
+                unit=units[r["metric"]].unit if r["metric"] in units else None,
+                limits=LimitsOut.of(index.limits(device, r["metric"])),
+            )
+        )
     return DeviceLatest(
         device_id=device["device_id"],
         domain=device["domain"],
@@ -287,14 +302,8 @@ async def device_latest(
         if device is None:
             raise not_found("device", device_id)
         rows = await store.latest_readings(conn, device_id)
-    units = CATALOGUE.get(device["domain"], {})
-    return _latest(
-        device,
-        [
-            LatestValue(**r, unit=units[r["metric"]].unit if r["metric"] in units else None)
-            for r in rows
-        ],
-    )
+        index = await history.limits_index(conn)
+    return _latest(device, rows, index)
 
 
 __all__ = ["DeviceId", "router"]

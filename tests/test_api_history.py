@@ -12,7 +12,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from api import create_app
-from api.history import Limits, bucket_floor, bucket_window, limits_from_rules
+from api.history import Limits, LimitsIndex, bucket_floor, bucket_window, limits_from_rules
 from tests.test_api_support import ApiEnv, api_env, db, make_keys, settings_for
 
 __all__ = ["api_env"]
@@ -182,6 +182,29 @@ async def test_limits_come_from_the_devices_rules(api_env: ApiEnv, pg_device: st
     assert len(limits["rule_ids"]) == 2
 
 
+async def test_latest_values_carry_the_same_limits_as_the_history(
+    api_env: ApiEnv, pg_device: str
+) -> None:
+    """What a dashboard shows next to a last value: the band of the device's rules, the
+    same as the readings endpoint draws on the chart; none for an unbounded metric."""
+    async with await db(api_env.dsn) as conn:
+        await conn.execute(
+            "INSERT INTO latest_readings (device_id, metric, ts, value, received_at)"
+            " VALUES (%s, 'temp_c', %s, 9.1, %s), (%s, 'battery_v', %s, 3.6, %s)"
+            " ON CONFLICT (device_id, metric) DO NOTHING",
+            (pg_device, T0, T0, pg_device, T0, T0),
+        )
+    async with api_env.client("viewer") as c:
+        one = (await c.get(f"/api/v1/devices/{pg_device}/latest")).json()
+        many = (await c.get("/api/v1/latest", params={"region": "hist"})).json()
+    limits = {m["metric"]: m["limits"] for m in one["metrics"]}
+    assert (limits["temp_c"]["low"], limits["temp_c"]["high"]) == (2.5, 8.0)
+    assert len(limits["temp_c"]["rule_ids"]) == 2
+    assert limits["battery_v"] is None
+    (same,) = [d for d in many["items"] if d["device_id"] == pg_device]
+    assert {m["metric"]: m["limits"] for m in same["metrics"]} == limits
+
+
 async def test_csv_export_streams_the_whole_range(api_env: ApiEnv, pg_device: str) -> None:
     async with api_env.client("viewer") as c:
         raw = await c.get(
@@ -295,3 +318,21 @@ DEVICE = {"device_id": "f1", "domain": "coldchain", "profile": "freezer", "regio
 def test_limits_from_rule_bodies(bodies: list[dict[str, Any]], want: Limits | None) -> None:
     rules = [{"rule_id": f"r{i}", "body": b} for i, b in enumerate(bodies)]
     assert limits_from_rules(rules, device=DEVICE, metric="temp_c") == want
+
+
+def test_many_devices_limits_follow_their_scopes() -> None:
+    """The index behind the latest-values endpoints shares limits between devices alike,
+    but never across a scope that tells them apart (region, site, device)."""
+    rules = [
+        {"rule_id": "all", "body": HEAT_RULE, "region": None},
+        {"rule_id": "north", "body": {**HEAT_RULE, "high": 7.0}, "region": "north"},
+        {"rule_id": "site", "body": {**HEAT_RULE, "high": 6.0, "scope": {"site_ids": ["s2"]}},
+         "region": None},
+    ]  # fmt: skip
+    index = LimitsIndex(rules)
+    at = [
+        index.limits({**DEVICE, "region": region, "site_id": site}, "temp_c")
+        for region, site in [("r", "s"), ("north", "s"), ("r", "s2"), ("r", "s"), ("r", "s3")]
+    ]
+    assert [(lim.high if lim else None) for lim in at] == [8.0, 7.0, 6.0, 8.0, 8.0]
+    assert index.limits(DEVICE, "rh_pct") is None
