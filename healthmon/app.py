@@ -211,6 +211,15 @@ def run_service(
     settings: Settings, *, api: bool, ingest: bool, notifier: bool | None = None
 ) -> int:
     """Entry point for `healthmon serve | ingest | api`: runs until SIGTERM/SIGINT."""
+    return run_until_signalled(
+        lambda: serve(settings, api=api, ingest=ingest, notifier=notifier), name="healthmon"
+    )
+
+
+def run_until_signalled(work: Callable[[], Coroutine[Any, Any, None]], *, name: str) -> int:
+    """Run a long-lived service coroutine until SIGTERM/SIGINT cancel it (it drains on
+    the way out), with the collector tuned for a service. A configuration or connection
+    problem is one line on stderr and exit code 2."""
 
     async def main() -> None:
         task = asyncio.current_task()
@@ -219,16 +228,16 @@ def run_service(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
-            await serve(settings, api=api, ingest=ingest, notifier=notifier)
+            await work()
         logger.info("stopped cleanly")
 
     tune_gc()
     try:
         asyncio.run(main())
     except (ValueError, SchemaError, BrokerError, SpoolError) as exc:
-        print(f"healthmon: {exc}", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
         return 2
     except psycopg.OperationalError as exc:
-        print(f"healthmon: cannot reach the database: {exc}", file=sys.stderr)
+        print(f"{name}: cannot reach the database: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -10,9 +10,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import signal
 import socket
-import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -211,19 +209,6 @@ async def _up(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    async def main() -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await _up(args, settings)
-        logger.info("stopped cleanly")
+    from healthmon.app import run_until_signalled
 
-    try:
-        asyncio.run(main())
-    except (ValueError, psycopg.OperationalError) as exc:
-        print(f"healthmon up: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_until_signalled(lambda: _up(args, settings), name="healthmon up")
