@@ -138,10 +138,13 @@ def parse_message(
     now: datetime,
     lookup: Callable[[str], DeviceInfo | None],
     limits: Limits,
+    topic: tuple[str, str, str] | str | None = None,
 ) -> ParsedMessage:
-    """Turn one raw message into what to store and what to reject."""
+    """Turn one raw message into what to store and what to reject. `topic` is
+    `parse_topic(msg.topic)` when the caller already has it."""
     out = ParsedMessage()
-    topic = parse_topic(msg.topic)
+    if topic is None:
+        topic = parse_topic(msg.topic)
     if isinstance(topic, str):
         _Ctx(msg, now, out, None).reject(Reason.BAD_TOPIC, topic)
         return out

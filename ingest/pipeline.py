@@ -192,7 +192,9 @@ class Ingest:
                     await self.registry.fetch(self._reg_conn, device_id)
                 except psycopg.OperationalError:
                     logger.warning("registry lookup failed; treating %s as unknown", device_id)
-        parsed = parse_message(msg, now=now, lookup=self.registry.get, limits=self._limits)
+        parsed = parse_message(
+            msg, now=now, lookup=self.registry.get, limits=self._limits, topic=topic
+        )
         if parsed.register is not None:
             self.registry.add(parsed.register)
         return parsed
