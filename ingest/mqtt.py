@@ -243,8 +243,6 @@ class MqttIntake:
     async def __aenter__(self) -> MqttIntake:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._lost = asyncio.Event()
-        self._settled = asyncio.Event()
         # MQTT 3.1.1 brokers (the embedded one): a persistent session via clean_session.
         session: dict[str, Any] = (
             {"protocol": paho.MQTTv5}
